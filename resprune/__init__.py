@@ -1,0 +1,60 @@
+"""resprune: training-free visual-token pruning for vision-language models, and tools to see what it keeps.
+
+The selection core is model-free: ``select(tokens, keep, method, query=...)`` picks K of the N visual tokens of
+one image. Model adapters (``prune``, ``answer``, ``load_model``) plug real transformers LVLMs into it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import selection as _selection  # noqa: F401  (registers the methods)
+from ._checks import keep_count
+from .registry import MethodInfo, get_method, list_methods, method_info, register
+from .selection import map_relevance, residual_curve, text_relevance
+from .text import Keywords, extract_keywords
+from .types import PruneResult, Selection, TokenGeometry
+
+__version__ = "0.1.0"
+
+
+def select(
+    tokens: torch.Tensor,
+    keep: int,
+    method: str = "resprune",
+    *,
+    query: torch.Tensor | None = None,
+    **hparams,
+) -> Selection:
+    """Select ``keep`` of the visual tokens of ONE image with a registered method.
+
+    Args:
+        tokens: `(N, D)` visual tokens in the LLM input-embedding space.
+        keep: K, the number of tokens to keep (``keep >= N`` keeps all, with a warning).
+        method: a name from ``list_methods()``.
+        query: `(Q, D)` text-token embeddings for text-aware methods, or None.
+        **hparams: the method's keyword arguments (see its docstring).
+
+    Returns:
+        A ``Selection``.
+    """
+    return get_method(method)(tokens, keep, query=query, **hparams)
+
+
+__all__ = [
+    "Keywords",
+    "MethodInfo",
+    "PruneResult",
+    "Selection",
+    "TokenGeometry",
+    "extract_keywords",
+    "get_method",
+    "keep_count",
+    "list_methods",
+    "map_relevance",
+    "method_info",
+    "register",
+    "residual_curve",
+    "select",
+    "text_relevance",
+]

@@ -1,0 +1,128 @@
+"""Data records shared by the selection core, the model adapters, viz and the app.
+
+Shape letters: ``N`` visual tokens of one image, ``K`` kept, ``D`` LLM hidden size, ``Q`` query (text) tokens,
+``B`` batch, ``L`` LM sequence length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Token kinds in a TokenGeometry.view vector.
+VIEW_BASE = 0  # the base (global) view: LLaVA's only grid, LLaVA-NeXT's low-res view, Qwen's merged grid
+VIEW_HIRES = 1  # LLaVA-NeXT high-resolution crops (unpadded grid)
+VIEW_NEWLINE = 2  # LLaVA-NeXT image_newline tokens (content-free; no pixel box)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one selection method kept from the visual tokens of ONE image.
+
+    Attributes:
+        keep_idx: `(K,)` int64, kept token indices, sorted ascending.
+        order: `(K,)` int64, the same indices in pick order.
+        gain: `(K,)` float32, the score of each pick when it was picked (for ResPrune the text-weighted
+            residual energy ``g(r) * E``; for DivPrune the min-distance; for CDPruner the marginal gain).
+        energy: `(K,)` float32, the unweighted residual energy ``E_S(v)`` of each pick when it was picked
+            (residual methods only, else ``None``).
+        residual: `(K+1,)` float32, normalised total residual energy of ALL N tokens w.r.t. the span of the first
+            t picks, t = 0..K: 1 at t = 0, non-increasing, 0 once the picks span the tokens.
+        relevance: `(N,)` float32, the text relevance used (after the documented mapping to ``[0, 1]``), for
+            text-aware methods; ``None`` otherwise.
+        method: registry name of the method that produced it.
+        params: the hyperparameters used (after defaults were applied).
+        n_tokens: ``N``.
+        notes: human-readable remarks (fallbacks taken, e.g. "no query: text-free score").
+    """
+
+    keep_idx: torch.Tensor
+    order: torch.Tensor
+    gain: torch.Tensor
+    residual: torch.Tensor
+    method: str
+    n_tokens: int
+    energy: torch.Tensor | None = None
+    relevance: torch.Tensor | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def keep(self) -> int:
+        """``K``, the number of kept tokens."""
+        return int(self.keep_idx.numel())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable record (lists of plain numbers) of the selection."""
+
+        def lst(t: torch.Tensor | None) -> list | None:
+            return None if t is None else t.detach().cpu().tolist()
+
+        return {
+            "method": self.method,
+            "n_tokens": self.n_tokens,
+            "keep": self.keep,
+            "keep_idx": lst(self.keep_idx),
+            "order": lst(self.order),
+            "gain": lst(self.gain),
+            "energy": lst(self.energy),
+            "residual": lst(self.residual),
+            "relevance": lst(self.relevance),
+            "params": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+                       for k, v in self.params.items()},
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class TokenGeometry:
+    """Where each visual token of ONE image comes from, in the ORIGINAL image's pixels.
+
+    Attributes:
+        view: `(N,)` int64, ``VIEW_BASE`` / ``VIEW_HIRES`` / ``VIEW_NEWLINE``.
+        row: `(N,)` int64, row of the token in its view's grid (newline: the row it ends).
+        col: `(N,)` int64, column in its view's grid (newline: -1).
+        box: `(N, 4)` float32, ``(x0, y0, x1, y1)`` pixel box in the original image covered by the token
+            (NaN for newline tokens). Boxes may extend past the image where the processor padded it.
+        image_size: ``(width, height)`` of the original image.
+        grids: ``{view: (rows, cols)}`` for each view present.
+    """
+
+    view: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    box: torch.Tensor
+    image_size: tuple[int, int]
+    grids: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.view.numel())
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """Everything ``resprune.prune`` decided, and the inputs for the UNMODIFIED ``model.generate``.
+
+    Attributes:
+        generate_kwargs: kwargs for ``model.generate(**generate_kwargs, max_new_tokens=...)``.
+        selections: one ``Selection`` per image (batch order, then image order).
+        geometry: one ``TokenGeometry`` per image, aligned with ``selections``.
+        query_words: per sample, the words whose embeddings formed the text query.
+        query_tokens: per sample, the `(Q, D)` query embeddings (``None`` when no usable word).
+        stats: efficiency numbers (visual tokens / sequence length before and after, ...).
+        method: the method's registry name.
+        params: the hyperparameters passed.
+    """
+
+    generate_kwargs: dict[str, Any]
+    selections: tuple[Selection, ...]
+    geometry: tuple[TokenGeometry, ...]
+    query_words: tuple[tuple[str, ...], ...]
+    query_tokens: tuple[torch.Tensor | None, ...]
+    stats: dict[str, Any]
+    method: str
+    params: Mapping[str, Any] = field(default_factory=dict)
