@@ -38,8 +38,7 @@ def check_query(query: object, dim: int) -> torch.Tensor | None:
         raise ValueError(f"query must be 2-D (Q, D), got shape {tuple(query.shape)}")
     if query.shape[1] != dim:
         raise ValueError(
-            f"query has feature dimension D={query.shape[1]} but tokens have D={dim} "
-            f"(query shape {tuple(query.shape)})"
+            f"query has feature dimension D={query.shape[1]} but tokens have D={dim} (query shape {tuple(query.shape)})"
         )
     if query.shape[0] == 0:
         return None

@@ -71,8 +71,10 @@ class Selection:
             "energy": lst(self.energy),
             "residual": lst(self.residual),
             "relevance": lst(self.relevance),
-            "params": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                       for k, v in self.params.items()},
+            "params": {
+                k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+                for k, v in self.params.items()
+            },
             "notes": list(self.notes),
         }
 
