@@ -350,6 +350,7 @@ def select_residual(
     >>> select_residual(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.5]]), 2).keep_idx.tolist()
     [0, 2]
     """
+    check_query(query, check_tokens(tokens).shape[1])  # validated, then ignored
     sel = select_resprune(tokens, keep, query=None, alpha=0.0, seed=seed, seed_prior=seed_prior, solver=solver)
     params = {k: sel.params[k] for k in ("seed", "solver")}
     return Selection(
