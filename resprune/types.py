@@ -118,6 +118,8 @@ class PruneResult:
         stats: efficiency numbers (visual tokens / sequence length before and after, ...).
         method: the method's registry name.
         params: the hyperparameters passed.
+        visual_tokens: per image, the `(N, D)` visual tokens the method selected from (CPU, float32), so figures
+            such as the greedy step-through can be drawn without re-running the model.
     """
 
     generate_kwargs: dict[str, Any]
@@ -128,3 +130,4 @@ class PruneResult:
     stats: dict[str, Any]
     method: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    visual_tokens: tuple[torch.Tensor, ...] = ()
