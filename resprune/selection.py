@@ -81,7 +81,7 @@ def map_relevance(r: torch.Tensor, *, mapping: str = "minmax", floor: float = 1e
         lo, hi = r.min(), r.max()
         if float(hi - lo) <= 1e-12:
             return torch.ones_like(r)
-        return floor + (1 - floor) * (r - lo) / (hi - lo)
+        return (1.0 - (1.0 - floor) * (hi - r).double() / float(hi - lo)).float()  # max -> exactly 1
     if mapping == "affine":
         return ((1 + r) / 2).clamp(min=floor, max=1.0)
     if mapping == "clamp":
@@ -132,6 +132,10 @@ def _greedy_residual(
     curve[0] = 1.0 if total0 > 0 else 0.0
     if solver == "gram":
         gram = (v @ v.T).double().numpy()  # (N, N) one GEMM in float32, bookkeeping in float64
+    elif solver == "cols":  # fixed order: only the K Gram columns of the picks are needed, one (N, K) GEMM
+        if fixed_order is None:
+            raise ValueError("solver='cols' needs fixed_order")
+        gram = (v[fixed_order] @ v.T).double().numpy()  # (K, N): row t is column order[t] of the Gram matrix
     elif solver != "gs":
         raise ValueError(f"solver must be 'gs', 'gram' or 'auto', got {solver!r}")
     chol = np.zeros((keep, n))  # (K, N) rows l_t = V u_t
@@ -150,11 +154,12 @@ def _greedy_residual(
                 s = int(np.where(avail, w, -np.inf).argmax())
         order[t], e_pick[t], g_pick[t] = s, energy[s], w[s] * energy[s]
         if energy[s] > 0:
-            if solver == "gram":
+            if solver in ("gram", "cols"):
+                g_s = gram[s] if solver == "gram" else gram[t]  # (N,) Gram column of the pick
                 ls = chol[:m, s]
-                d = gram[s, s] - ls @ ls
+                d = g_s[s] - ls @ ls
                 if d > tol[s]:
-                    col = (gram[s] - ls @ chol[:m]) / np.sqrt(d)  # (N,)
+                    col = (g_s - ls @ chol[:m]) / np.sqrt(d)  # (N,)
                     chol[m] = col
                     m += 1
                     energy -= col * col
@@ -211,9 +216,7 @@ def residual_curve(tokens: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     k = order.numel()
     if k == 0:
         return torch.ones(1) if float(v.pow(2).sum()) > 0 else torch.zeros(1)
-    return _greedy_residual(v.cpu(), k, None, None, solver="gs" if k < v.shape[0] // 4 else "gram", fixed_order=order)[
-        3
-    ]
+    return _greedy_residual(v.cpu(), k, None, None, solver="cols", fixed_order=order)[3]
 
 
 def _finish(
