@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from . import pipeline as _pipeline  # noqa: F401  (registers the model-internal methods; no transformers import)
 from . import selection as _selection  # noqa: F401  (registers the methods)
 from ._checks import keep_count
 from .registry import MethodInfo, get_method, list_methods, method_info, register
@@ -58,3 +59,19 @@ __all__ = [
     "select",
     "text_relevance",
 ]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy: transformers is imported only when a model is used
+    if name in ("prune", "answer", "count_visual_tokens", "Answer", "cls_attention"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("load_model", "PRESETS", "ModelLoadError"):
+        from . import loading
+
+        return getattr(loading, name)
+    if name == "scenes":
+        import importlib
+
+        return importlib.import_module(".scenes", __name__)
+    raise AttributeError(f"module 'resprune' has no attribute {name!r}")

@@ -23,6 +23,7 @@ _STOP = frozenset(
     very just also only own same such more most other what which who whom whose when where why how
     please describe tell say show give explain answer question image picture photo photograph scene see look
     there's what's is there are there kind type sort thing things something anything word single briefly
+    many much object objects
     """.split()
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z\-']*")
