@@ -1,0 +1,227 @@
+"""Pruned generation on a real LlavaForConditionalGeneration: exactness at keep = N, shorter sequence and cache at
+25 %, every method end to end, geometry, loading and bad input. Tiny random-weight models are built from config
+classes (no download); the shipped offline model is used where a trained model matters."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import resprune
+from resprune.pipeline import chat_prompt, llava_geometry, prune
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def scenes_model():
+    return resprune.load_model("scenes")
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(scenes_model):
+    """A random-weight LLaVA with a 64 px / 8 px vision tower (64 visual tokens), weights scaled so that
+    positions and masks matter (a wrong one changes the logits)."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    tok = scenes_model[1].tokenizer
+    torch.manual_seed(0)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=64, patch_size=8),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                pad_token_id=tok.pad_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+    )
+    model = LlavaForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.model.language_model.named_parameters():
+            if p.dim() == 2 and "embed" not in n:
+                p.mul_(10)
+    ip = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1, chat_template=scenes_model[1].chat_template)
+    return model, proc
+
+
+def _inputs(proc, image, text="What colour is the circle?"):
+    return proc(images=image, text=chat_prompt(proc, text), return_tensors="pt")
+
+
+def _image(w=80, h=64, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_keep_all_is_exact(tiny_llava):
+    model, proc = tiny_llava
+    inputs = _inputs(proc, _image())
+    n = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert n == 64
+    with pytest.warns(UserWarning, match="every token is kept"):
+        res = prune(model, inputs, "resprune", n, processor=proc, prompt="What colour is the circle?")
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        got = model(**res.generate_kwargs).logits
+    assert torch.equal(ref, got)
+    a = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    b = model.generate(**res.generate_kwargs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(a[0, inputs["input_ids"].shape[1]:], b[0])
+
+
+@pytest.mark.parametrize("positions", ["compact", "original"])
+def test_quarter_budget_shortens_sequence_and_cache(tiny_llava, positions):
+    model, proc = tiny_llava
+    inputs = _inputs(proc, _image())
+    res = prune(model, inputs, "resprune", 16, processor=proc, prompt="red circle", positions=positions)
+    L = inputs["input_ids"].shape[1]
+    assert res.generate_kwargs["inputs_embeds"].shape[1] == L - 48
+    assert res.stats["seq_len_before"] - res.stats["seq_len_after"] == 48
+    out = model.generate(**res.generate_kwargs, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                         output_logits=True, return_dict_in_generate=True)
+    nbytes, length = resprune.pipeline.kv_cache_bytes(resprune.pipeline._cache_of(out))
+    assert length == L - 48 + 2  # prompt + generated tokens but the last
+    with torch.no_grad():  # first generated step == a plain forward on the pruned sequence
+        plain = model(**res.generate_kwargs).logits[:, -1]
+    torch.testing.assert_close(out.logits[0], plain, rtol=1e-5, atol=1e-5)
+
+
+def test_positions_matter(tiny_llava):
+    model, proc = tiny_llava
+    inputs = _inputs(proc, _image())
+    a = prune(model, inputs, "uniform", 16, processor=proc)
+    b = prune(model, inputs, "uniform", 16, processor=proc, positions="original")
+    with torch.no_grad():
+        la = model(**a.generate_kwargs).logits[:, -1]
+        lb = model(**b.generate_kwargs).logits[:, -1]
+    assert not torch.allclose(la, lb, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", resprune.list_methods())
+def test_every_method_generates(tiny_llava, method):
+    model, proc = tiny_llava
+    inputs = _inputs(proc, _image())
+    res = prune(model, inputs, method, 10, processor=proc, prompt="What colour is the circle?")
+    assert res.selections[0].keep == 10 and res.generate_kwargs["inputs_embeds"].shape[1] == \
+        inputs["input_ids"].shape[1] - 54
+    out = model.generate(**res.generate_kwargs, max_new_tokens=2, do_sample=False)
+    assert out.shape[0] == 1
+
+
+def test_batch_equals_per_sample(tiny_llava):
+    model, proc = tiny_llava
+    imgs = [_image(seed=1), _image(seed=2)]
+    texts = [chat_prompt(proc, "red circle"), chat_prompt(proc, "How many blue squares are there?")]
+    proc.tokenizer.padding_side = "left"
+    batch = proc(images=imgs, text=texts, return_tensors="pt", padding=True)
+    res = prune(model, batch, "residual", 12, processor=proc)
+    with torch.no_grad():
+        lb = model(**res.generate_kwargs).logits[:, -1]
+        for i in range(2):
+            single = prune(model, _inputs_text(proc, imgs[i], texts[i]), "residual", 12, processor=proc)
+            ls = model(**single.generate_kwargs).logits[:, -1]
+            torch.testing.assert_close(lb[i : i + 1], ls, rtol=1e-4, atol=1e-4)
+            assert torch.equal(res.selections[i].keep_idx, single.selections[0].keep_idx)
+
+
+def _inputs_text(proc, image, text):
+    return proc(images=image, text=text, return_tensors="pt")
+
+
+def test_geometry_non_square(tiny_llava):
+    _, proc = tiny_llava
+    # 160 x 100: shortest edge -> 64: resized 102 x 64, centre crop 64 -> left = (102 - 64) // 2 = 19
+    g = llava_geometry(proc, (160, 100), 64)
+    sx, sy = 160 / 102, 100 / 64
+    assert g.grids[0] == (8, 8)
+    torch.testing.assert_close(g.box[0], torch.tensor([19 * sx, 0.0, 27 * sx, 8 * sy]))
+    torch.testing.assert_close(g.box[63], torch.tensor([(19 + 56) * sx, 56 * sy, (19 + 64) * sx, 64 * sy]))
+    assert int(g.row[9]) == 1 and int(g.col[9]) == 1
+
+
+def test_geometry_tiles_the_scenes_image(scenes_model):
+    model, proc = scenes_model
+    scene = resprune.scenes.sample(20_000_000)
+    ans = resprune.answer(model, proc, scene.image, scene.questions[0].text, keep=20, compare=False)
+    g = ans.result.geometry[0]
+    area = ((g.box[:, 2] - g.box[:, 0]) * (g.box[:, 3] - g.box[:, 1])).sum()
+    assert g.n_tokens == 144 and float(area) == pytest.approx(192 * 192)
+
+
+def test_bad_inputs(tiny_llava):
+    model, proc = tiny_llava
+    inputs = _inputs(proc, _image())
+    no_image = proc.tokenizer("USER: What is this? ASSISTANT:", return_tensors="pt")
+    with pytest.raises(ValueError, match="no image"):
+        prune(model, dict(no_image), "resprune", 8)
+    text_only = dict(no_image, pixel_values=inputs["pixel_values"])
+    with pytest.raises(ValueError, match="no image placeholder"):
+        prune(model, text_only, "resprune", 8)
+    two = dict(inputs, pixel_values=torch.cat([inputs["pixel_values"]] * 2))
+    with pytest.raises(ValueError, match="64 image placeholder tokens but the images give 2 x 64"):
+        prune(model, two, "resprune", 8)
+    with pytest.raises(ValueError, match="unknown method 'nope'; available"):
+        prune(model, inputs, "nope", 8)
+    with pytest.raises(ValueError, match="keep=0"):
+        prune(model, inputs, "resprune", 0)
+    with pytest.raises(ValueError, match="unsupported model class 'Linear'; supported: LlavaForConditionalGeneration"):
+        prune(torch.nn.Linear(2, 2), inputs, "resprune", 8)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        res = prune(model, inputs, "resprune", 1000, processor=proc)
+    assert res.selections[0].keep == 64 and any("every token is kept" in str(x.message) for x in w)
+
+
+def test_cls_needs_a_cls_tower():
+    with pytest.raises(ValueError, match="needs cls_attention"):
+        resprune.select(torch.randn(10, 4), 3, "cls")
+
+
+def test_scenes_model_answers_with_every_method(scenes_model):
+    model, proc = scenes_model
+    scene = resprune.scenes.sample(20_000_002)
+    q = scene.questions[0]
+    for m in resprune.list_methods():
+        a = resprune.answer(model, proc, scene.image, q.text, method=m, keep=36, max_new_tokens=4, compare=False)
+        assert isinstance(a.pruned, str) and a.pruned
+        assert a.stats["visual_tokens_after"] == 36 and a.stats["seq_len_before"] - a.stats["seq_len_after"] == 108
+    full = resprune.answer(model, proc, scene.image, q.text, keep=36, max_new_tokens=4)
+    st = full.stats
+    assert st["kv_cache_bytes_after"] < st["kv_cache_bytes_before"]
+    assert st["prefill_flops_after"] < st["prefill_flops_before"]
+    assert full.result.query_words[0] and full.result.selections[0].params["seed"] == "prior"  # CLS-attention seed
+
+
+def test_unknown_words_are_still_answered(scenes_model):
+    model, proc = scenes_model
+    scene = resprune.scenes.sample(20_000_003)
+    a = resprune.answer(model, proc, scene.image, "What colour is the zebra?", keep=36, max_new_tokens=4)
+    assert isinstance(a.pruned, str)
+    assert resprune.scenes.unknown_words("What colour is the zebra?") == ["zebra"]
+
+
+def test_load_errors_name_the_model(tmp_path):
+    with pytest.raises(resprune.ModelLoadError, match=r"'no/such-model'.*load_model\('scenes'\)"):
+        resprune.load_model("no/such-model")
+    with pytest.raises(resprune.ModelLoadError, match="could not load model"):
+        resprune.load_model(str(tmp_path))
+    from resprune.scenes.model import ScenesModelError, load_scenes_model
+
+    with pytest.raises(ScenesModelError, match="folder not found"):
+        load_scenes_model(tmp_path / "missing")
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    for f in (ROOT / "assets" / "scenes-model").iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ScenesModelError, match="model.safetensors"):
+        load_scenes_model(bad)
+    (bad / "config.json").unlink()
+    with pytest.raises(ScenesModelError, match="'config.json'"):
+        load_scenes_model(bad)
