@@ -1,0 +1,498 @@
+"""viz: figures from hand-built PruneResults (LLaVA-like 4x6 grid, LLaVA-NeXT-like views, Qwen-like odd grid).
+
+Checks invariants, not pixels, except for one rendered overlay whose kept box must be brighter than the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageSequence
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import resprune  # noqa: E402
+import viz  # noqa: E402
+from resprune.types import VIEW_BASE, VIEW_HIRES, VIEW_NEWLINE, PruneResult, Selection, TokenGeometry  # noqa: E402
+from viz import _grid  # noqa: E402
+
+D = 16
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hand-built geometries
+
+
+def _grid_part(rows: int, cols: int, x0: float, y0: float, cw: float, ch: float, view: int, newline: bool = False):
+    """Token rows of one view: (view, row, col, box) lists, raster order, optional newline token after each row."""
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            out.append((view, r, c, (x0 + c * cw, y0 + r * ch, x0 + (c + 1) * cw, y0 + (r + 1) * ch)))
+        if newline:
+            out.append((VIEW_NEWLINE, r, -1, (float("nan"),) * 4))
+    return out
+
+
+def _geometry(parts: list, image_size: tuple[int, int], grids: dict) -> TokenGeometry:
+    return TokenGeometry(
+        view=torch.tensor([p[0] for p in parts]),
+        row=torch.tensor([p[1] for p in parts]),
+        col=torch.tensor([p[2] for p in parts]),
+        box=torch.tensor([p[3] for p in parts], dtype=torch.float32),
+        image_size=image_size,
+        grids=grids,
+    )
+
+
+def llava_geometry() -> TokenGeometry:
+    """4 x 6 grid of 20-px cells over a 120 x 80 image."""
+    return _geometry(_grid_part(4, 6, 0, 0, 20, 20, VIEW_BASE), (120, 80), {VIEW_BASE: (4, 6)})
+
+
+def llava_crop_geometry() -> TokenGeometry:
+    """The processor cropped a 150 x 80 image to its central 120 x 80: tokens cover only part of it."""
+    return _geometry(_grid_part(4, 6, 15, 0, 20, 20, VIEW_BASE), (150, 80), {VIEW_BASE: (4, 6)})
+
+
+def llava_pad_geometry() -> TokenGeometry:
+    """The processor padded a 120 x 60 image to 120 x 80: boxes run 10 px past the top and bottom."""
+    return _geometry(_grid_part(4, 6, 0, -10, 20, 20, VIEW_BASE), (120, 60), {VIEW_BASE: (4, 6)})
+
+
+def next_geometry() -> TokenGeometry:
+    """LLaVA-NeXT-like: a 3 x 3 base view, then 4 x 6 high-res tokens with a newline token after each row."""
+    parts = _grid_part(3, 3, 0, 0, 30, 20, VIEW_BASE) + _grid_part(4, 6, 0, 0, 15, 15, VIEW_HIRES, newline=True)
+    return _geometry(parts, (90, 60), {VIEW_BASE: (3, 3), VIEW_HIRES: (4, 6)})
+
+
+def qwen_geometry() -> TokenGeometry:
+    """Qwen-like: a 5 x 7 grid of merged patches over an odd-sized 71 x 53 image (fractional boxes)."""
+    return _geometry(_grid_part(5, 7, 0, 0, 71 / 7, 53 / 5, VIEW_BASE), (71, 53), {VIEW_BASE: (5, 7)})
+
+
+GEOMETRIES = {
+    "llava": llava_geometry,
+    "llava_crop": llava_crop_geometry,
+    "llava_pad": llava_pad_geometry,
+    "next": next_geometry,
+    "qwen": qwen_geometry,
+}
+
+
+def empty_selection(n: int, method: str = "resprune") -> Selection:
+    z = torch.zeros(0, dtype=torch.int64)
+    return Selection(z, z, torch.zeros(0), torch.ones(1), method, n)
+
+
+def make_result(geom: TokenGeometry, keep: int, method: str = "resprune", *, seed: int = 0,
+                with_tokens: bool = True, with_query: bool = True) -> PruneResult:
+    g = torch.Generator().manual_seed(seed)
+    n = geom.n_tokens
+    tokens = torch.randn(n, D, generator=g)
+    query = torch.randn(2, D, generator=g) if with_query else None
+    if keep == 0:
+        sel = empty_selection(n, method)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # keep >= N warns by design
+            sel = resprune.select(tokens, keep, method, query=query)
+    return PruneResult(
+        generate_kwargs={},
+        selections=(sel,),
+        geometry=(geom,),
+        query_words=(("red", "circle") if with_query else (),),
+        query_tokens=(query,),
+        stats={},
+        method=method,
+        visual_tokens=(tokens,) if with_tokens else (),
+    )
+
+
+def image_for(geom: TokenGeometry, mode: str = "RGB") -> Image.Image:
+    w, h = geom.image_size
+    rng = np.random.default_rng(0)
+    a = (rng.random((h, w, 3)) * 155 + 100).astype(np.uint8)
+    im = Image.fromarray(a)
+    if mode == "RGBA":
+        im = im.convert("RGBA")
+        im.putalpha(180)
+    elif mode != "RGB":
+        im = im.convert(mode)
+    return im
+
+
+@pytest.fixture(autouse=True)
+def _no_open_pyplot_figures():
+    """No viz call may leave a pyplot figure open (viz never touches pyplot)."""
+    import matplotlib.pyplot as plt
+
+    yield
+    assert plt.get_fignums() == []
+
+
+def _all_figures(image, result):
+    k = result.selections[0].keep
+    other = make_result(result.geometry[0], max(k, 1), "divprune", seed=1)
+    return {
+        "kept": viz.plot_kept_tokens(image, result, order_numbers=True, answer="a red circle"),
+        "energy": viz.plot_residual_energy(result, {"divprune": other, "sel": other.selections[0]}),
+        "relevance": viz.plot_relevance(image, result),
+        "step": viz.plot_greedy_step(image, result, k // 2),
+        "grid": viz.plot_method_grid(image, {"a": result, "b": other}, answers={"a": "red", "b": "blue"}),
+    }
+
+
+def _render(fig: Figure) -> np.ndarray:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Geometry helpers
+
+
+def test_panels_one_per_view_and_extents():
+    ps = _grid.panels(next_geometry())
+    assert [p.view for p in ps] == [VIEW_BASE, VIEW_HIRES]
+    assert [p.tokens.size for p in ps] == [9, 24]  # newline tokens have no panel
+    assert ps[1].offset > ps[0].extent[2]  # side by side, no overlap
+    (pad,) = _grid.panels(llava_pad_geometry())
+    assert pad.extent == (0, -10, 120, 70)  # union of the image and the boxes past it
+    (crop,) = _grid.panels(llava_crop_geometry())
+    assert crop.extent == (0, 0, 150, 80)
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_token_index_map_tiles_each_box(name):
+    geom = GEOMETRIES[name]()
+    b = _grid.boxes(geom)
+    for p in _grid.panels(geom):
+        shape = _grid.canvas_scale(p, 200)
+        m = _grid.token_index_map(geom, p, shape)
+        assert set(np.unique(m[m >= 0])) == set(p.tokens.tolist())  # every token of the view is drawn
+        sy, sx = shape[0] / p.height, shape[1] / p.width
+        for i in p.tokens:  # the centre of each box maps to that token
+            cx, cy = (b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2
+            assert m[int((cy - p.extent[1]) * sy), int((cx - p.extent[0]) * sx)] == i
+
+
+def test_box_vertices_skip_newlines_and_shift_views():
+    geom = next_geometry()
+    offsets = {p.view: p.offset for p in _grid.panels(geom)}
+    newline = int(np.flatnonzero(_grid.newline_tokens(geom))[0])
+    v = _grid.box_vertices(geom, np.array([0, 9, newline]), offsets)
+    assert v.shape == (2, 4, 2)
+    assert v[1, 0, 0] == pytest.approx(offsets[VIEW_HIRES])  # hi-res token 9 is the first cell of its panel
+
+
+def test_relevant_tokens_and_recall():
+    geom = llava_geometry()
+    mask = np.zeros((80, 120), dtype=bool)
+    mask[0:20, 0:20] = True  # all of token 0
+    mask[0:20, 20:25] = True  # a quarter of token 1
+    mask[20:22, 0:20] = True  # a tenth of token 6
+    rel = _grid.relevant_tokens(geom, mask, min_overlap=0.25)
+    assert torch.nonzero(rel).flatten().tolist() == [0, 1]
+    sel = make_result(geom, 3).selections[0]
+    kept = set(sel.keep_idx.tolist())
+    assert _grid.token_recall(sel, rel) == pytest.approx(len(kept & {0, 1}) / 2)
+    assert np.isnan(_grid.token_recall(sel, torch.zeros(24, dtype=torch.bool)))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "P", "I;16"])
+def test_to_rgb_modes(mode):
+    a = _grid.to_rgb(image_for(llava_geometry(), mode))
+    assert a.shape == (80, 120, 3) and a.dtype == np.float32 and 0 <= a.min() <= a.max() <= 1
+
+
+def test_to_rgb_arrays():
+    assert _grid.to_rgb(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
+    assert _grid.to_rgb(np.ones((4, 5, 4), np.float32)).max() == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        _grid.to_rgb(np.zeros((4, 5, 2)))
+
+
+def test_wrong_image_size_is_an_error():
+    res = make_result(llava_geometry(), 3)
+    with pytest.raises(ValueError, match="120x80"):
+        viz.plot_kept_tokens(Image.new("RGB", (80, 80)), res)
+    viz.plot_kept_tokens(Image.new("RGB", (60, 40)), res)  # same aspect: resampled
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Residual energies
+
+
+def test_residual_energies_match_the_core_curve():
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randn(30, 8, generator=g)
+    sel = resprune.select(tokens, 10, "divprune")
+    e = viz.residual_energies(tokens, sel.order)
+    assert e.shape == (11, 30)
+    curve = e.sum(1) / e[0].sum()
+    assert torch.allclose(curve.float(), sel.residual, atol=1e-4)
+    assert (e[1:] <= e[:-1] + 1e-9).all()  # energies only shrink
+    assert (e[torch.arange(1, 11), sel.order] == 0).all()  # a pick has no residual left
+    assert e[-1].sum() == pytest.approx(0.0, abs=1e-6)  # 10 picks (<= D = 8) span everything
+
+
+def test_residual_energies_steps_and_errors():
+    tokens = torch.randn(5, 3)
+    assert viz.residual_energies(tokens, [2, 0], steps=[2]).shape == (1, 5)
+    with pytest.raises(ValueError, match="repeat"):
+        viz.residual_energies(tokens, [1, 1])
+    with pytest.raises(ValueError, match="steps"):
+        viz.residual_energies(tokens, [1], steps=[2])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The kept-token overlay is aligned with the token boxes
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen", "llava_pad"])
+def test_one_kept_token_highlights_exactly_its_box(name):
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, 1, "residual")
+    (i,) = res.selections[0].keep_idx.tolist()
+    image = Image.new("RGB", geom.image_size, (200, 200, 200))
+    (panel,) = _grid.panels(geom)
+    scale = 3  # display pixels per image pixel
+    fig = Figure(figsize=(panel.width * scale / 100, panel.height * scale / 100), dpi=100)
+    ax = fig.add_axes([0, 0, 1, 1])
+    assert viz.plot_kept_tokens(image, res, ax=ax) is fig
+    px = _render(fig)[..., :3].astype(float).mean(-1)  # (H, W) brightness
+    x0, y0, x1, y1 = _grid.boxes(geom)[i]
+    to_px = lambda x, lo: int(round((x - lo) * scale))  # noqa: E731
+    c0, c1 = to_px(x0, panel.extent[0]), to_px(x1, panel.extent[0])
+    r0, r1 = to_px(max(y0, 0), panel.extent[1]), to_px(min(y1, geom.image_size[1]), panel.extent[1])
+    m = 4  # stay clear of the outline
+    inside = px[r0 + m : r1 - m, c0 + m : c1 - m]
+    assert inside.size and inside.min() > 190  # the kept box shows the image at full brightness
+    outside = np.ones_like(px, dtype=bool)
+    b0, b1 = to_px(y0, panel.extent[1]), to_px(y1, panel.extent[1])  # the whole box, padding included
+    outside[max(b0 - m, 0) : b1 + m, max(c0 - m, 0) : c1 + m] = False
+    assert px[outside].max() < 100  # everything else is dimmed (or padding grey, dimmed)
+    assert inside.mean() > 2 * px[outside].mean()
+
+
+def test_cropped_region_is_dimmed_even_with_all_tokens_kept():
+    geom = llava_crop_geometry()
+    res = make_result(geom, 24)
+    image = Image.new("RGB", geom.image_size, (220, 220, 220))
+    fig = Figure(figsize=(3.0, 1.6), dpi=100)
+    ax = fig.add_axes([0, 0, 1, 1])
+    viz.plot_kept_tokens(image, res, ax=ax)
+    px = _render(fig)[..., :3].astype(float).mean(-1)
+    assert px[40:120, 6:24].max() < 100  # the cropped-away left strip (x < 15 image px)
+    assert px[48:72, 78:102].min() > 200  # inside a token (row 1, col 1: image x 35..55, y 20..40)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every figure: returns a Figure, draws into a given Axes, handles K = 0 / 1 / N and every layout
+
+
+@pytest.mark.parametrize("name", ["llava", "next", "qwen"])
+@pytest.mark.parametrize("keep", ["zero", "one", "all", "some"])
+def test_every_figure_for_every_layout_and_budget(name, keep):
+    geom = GEOMETRIES[name]()
+    n = geom.n_tokens
+    k = {"zero": 0, "one": 1, "all": n, "some": n // 3}[keep]
+    res = make_result(geom, k)
+    for fig in _all_figures(image_for(geom), res).values():
+        assert isinstance(fig, Figure)
+        _render(fig)  # draws without error
+
+
+def test_figures_draw_into_a_given_axes():
+    geom = next_geometry()
+    res = make_result(geom, 7)
+    image = image_for(geom)
+    fig = Figure()
+    axes = fig.subplots(2, 3).ravel()
+    assert viz.plot_kept_tokens(image, res, ax=axes[0]) is fig
+    assert viz.plot_relevance(image, res, ax=axes[1]) is fig
+    assert viz.plot_greedy_step(image, res, 3, ax=axes[2]) is fig
+    assert viz.plot_residual_energy(res, ax=axes[3]) is fig
+    assert viz.plot_residual_energy(res, ax=(axes[4], axes[5])) is fig
+    assert axes[0].images and axes[1].images and axes[2].images and axes[3].lines and axes[5].lines
+    _render(fig)
+
+
+def test_next_layout_title_counts_newlines():
+    geom = next_geometry()
+    res = make_result(geom, 10)
+    fig = viz.plot_kept_tokens(image_for(geom), res)
+    title = fig.axes[0].get_title()
+    assert "10 of 37" in title and "4 newline tokens" in title
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert any(s.startswith("base view") for s in labels) and any(s.startswith("high-res") for s in labels)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_grayscale_and_rgba_images(mode):
+    geom = llava_geometry()
+    res = make_result(geom, 5)
+    image = image_for(geom, mode)
+    for fig in _all_figures(image, res).values():
+        _render(fig)
+    viz.plot_kept_tokens(np.asarray(image_for(geom, "L")), res)  # a bare (H, W) array
+
+
+def test_title_states_method_budget_and_answer():
+    res = make_result(llava_geometry(), 6)
+    title = viz.plot_kept_tokens(image_for(llava_geometry()), res, answer="red").axes[0].get_title()
+    assert "resprune" in title and "6 of 24" in title and "answer: red" in title
+
+
+def test_order_numbers_follow_pick_order():
+    res = make_result(llava_geometry(), 4)
+    ax = viz.plot_kept_tokens(image_for(llava_geometry()), res, order_numbers=True).axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "2", "3", "4"]
+
+
+def test_residual_energy_curves_one_line_per_method():
+    geom = llava_geometry()
+    res = make_result(geom, 8)
+    others = {"divprune": make_result(geom, 8, "divprune"), "random": make_result(geom, 5, "random").selections[0]}
+    fig = viz.plot_residual_energy(res, others)
+    ax_curve, ax_gain = fig.axes[:2]
+    curves = [ln for ln in ax_curve.lines if ln.get_linestyle() != "None"]
+    assert len(curves) == 3
+    np.testing.assert_allclose(curves[0].get_ydata(), res.selections[0].residual.numpy(), rtol=1e-6)
+    markers = [ln for ln in ax_curve.lines if ln.get_linestyle() == "None"]
+    assert [float(m.get_xdata()[0]) for m in markers] == [8, 8, 5]  # a marker at each K
+    assert len(ax_gain.lines) == 3
+    # resprune records its picks' energies: shown as a share of the tokens' total energy
+    tokens = res.visual_tokens[0]
+    np.testing.assert_allclose(
+        ax_gain.lines[0].get_ydata(), res.selections[0].energy.numpy() / float(tokens.pow(2).sum()), rtol=1e-5
+    )
+
+
+def test_residual_energy_without_token_vectors_uses_a_twin_axis():
+    geom = llava_geometry()
+    res = make_result(geom, 8, with_tokens=False)
+    fig = viz.plot_residual_energy(res, {"divprune": make_result(geom, 8, "divprune")})
+    assert len(fig.axes) == 3  # curves, gains, and the twin axis for raw pick energies
+
+
+def test_relevance_text_aware_text_free_and_none():
+    geom = llava_geometry()
+    image = image_for(geom)
+    res = make_result(geom, 6, "resprune")
+    fig = viz.plot_relevance(image, res)
+    assert "red, circle" in fig.axes[0].get_title()
+    assert len(fig.axes) == 2 and "relevance" in fig.axes[1].get_ylabel()  # a labelled colour bar
+    heat = fig.axes[0].images[-1].get_array()
+    assert heat.max() == pytest.approx(1.0) and heat.min() >= 0
+
+    free = make_result(geom, 6, "residual")  # text-free: computed from the query tokens for display
+    fig = viz.plot_relevance(image, free)
+    assert "computed for display" in fig.axes[0].get_title() and len(fig.axes) == 2
+
+    nothing = make_result(geom, 6, "residual", with_query=False)
+    fig = viz.plot_relevance(image, nothing)
+    assert len(fig.axes) == 1
+    assert any("No text relevance" in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_greedy_step_heat_is_residual_energy_of_remaining_tokens():
+    geom = llava_geometry()
+    res = make_result(geom, 6)
+    sel = res.selections[0]
+    fig = viz.plot_greedy_step(image_for(geom), res, 3)
+    ax = fig.axes[0]
+    assert "step 3 of 6" in ax.get_title()
+    heat = ax.images[-1].get_array()  # (rows, cols) masked raster of the heat layer
+    assert heat.mask.sum() > 0  # picked tokens are not painted
+    e = viz.residual_energies(res.visual_tokens[0], sel.order[:3], steps=[3])[0]
+    assert heat.max() == pytest.approx(float(e.max() / res.visual_tokens[0].pow(2).sum(1).max()), rel=1e-5)
+    with pytest.raises(ValueError, match="step"):
+        viz.plot_greedy_step(image_for(geom), res, 7)
+
+
+def test_greedy_step_without_token_vectors_still_draws_picks():
+    geom = qwen_geometry()
+    res = make_result(geom, 5, with_tokens=False)
+    fig = viz.plot_greedy_step(image_for(geom), res, 2)
+    assert "tokens=" in fig.axes[0].get_title()
+    tokens = torch.randn(geom.n_tokens, D)
+    assert len(viz.plot_greedy_step(image_for(geom), res, 2, tokens=tokens).axes) == 2  # with a colour bar
+
+
+@pytest.mark.parametrize("name,keep,max_frames,expected", [
+    ("llava", 6, None, 6), ("next", 9, 4, 4), ("qwen", 1, None, 1), ("llava", 0, None, 1),
+])
+def test_greedy_animation_one_frame_per_step(name, keep, max_frames, expected):
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, keep)
+    data = viz.greedy_animation(image_for(geom), res, max_frames=max_frames, dpi=40)
+    assert isinstance(data, bytes)
+    gif = Image.open(io.BytesIO(data))
+    assert gif.format == "GIF"
+    assert sum(1 for _ in ImageSequence.Iterator(gif)) == expected
+
+
+def test_method_grid_titles_answers_and_recall():
+    geom = llava_geometry()
+    image = image_for(geom)
+    results = {m: make_result(geom, 6, m) for m in ("resprune", "divprune", "random", "uniform")}
+    mask = np.zeros((80, 120), dtype=bool)
+    mask[20:60, 40:80] = True  # tokens 8, 9, 14, 15
+    fig = viz.plot_method_grid(image, results, answers={"resprune": "red"}, objects_mask=mask)
+    axes = [ax for ax in fig.axes if ax.images]
+    assert len(axes) == 4
+    relevant = _grid.relevant_tokens(geom, mask)
+    for ax, (name, res) in zip(axes, results.items()):
+        r = _grid.token_recall(res.selections[0], relevant)
+        assert ax.get_title().startswith(name) and f"recall: {100 * r:.0f}%" in ax.get_title()
+    assert "answer: red" in axes[0].get_title()
+    fig = viz.plot_method_grid(image, results, recall={"resprune": 0.5})
+    assert "recall: 50%" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="empty"):
+        viz.plot_method_grid(image, {})
+
+
+def test_bad_inputs_raise_clear_errors():
+    res = make_result(llava_geometry(), 3)
+    with pytest.raises(IndexError, match="index=1"):
+        viz.plot_kept_tokens(image_for(llava_geometry()), res, index=1)
+    with pytest.raises(TypeError, match="PruneResult"):
+        viz.plot_kept_tokens(image_for(llava_geometry()), res.selections[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# No pyplot, no global state
+
+
+def test_importing_viz_does_not_import_pyplot():
+    code = "import sys, viz; assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_no_rcparams_change():
+    before = dict(matplotlib.rcParams)
+    res = make_result(llava_geometry(), 4)
+    _all_figures(image_for(llava_geometry()), res)
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_no_pyplot_in_viz_sources():
+    import re
+
+    for path in (ROOT / "viz").glob("*.py"):
+        assert not re.search(r"import\s+matplotlib\.pyplot|from\s+matplotlib\s+import\s+pyplot", path.read_text()), path
