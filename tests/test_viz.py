@@ -374,11 +374,15 @@ def test_residual_energy_curves_one_line_per_method():
     np.testing.assert_allclose(curves[0].get_ydata(), res.selections[0].residual.numpy(), rtol=1e-6)
     markers = [ln for ln in ax_curve.lines if ln.get_linestyle() == "None"]
     assert [float(m.get_xdata()[0]) for m in markers] == [8, 8, 5]  # a marker at each K
-    assert len(ax_gain.lines) == 3
-    # resprune records its picks' energies: shown as a share of the tokens' total energy
+    solid = [ln for ln in ax_gain.lines if ln.get_linestyle() != ":"]
+    dotted = [ln for ln in ax_gain.lines if ln.get_linestyle() == ":"]
+    assert len(solid) == 3  # the decrease of each residual curve
+    np.testing.assert_allclose(solid[1].get_ydata(), -np.diff(others["divprune"].selections[0].residual.numpy()))
+    # resprune records its picks' energies: dotted, as a share of the tokens' total energy
+    assert len(dotted) == 1
     tokens = res.visual_tokens[0]
     np.testing.assert_allclose(
-        ax_gain.lines[0].get_ydata(), res.selections[0].energy.numpy() / float(tokens.pow(2).sum()), rtol=1e-5
+        dotted[0].get_ydata(), res.selections[0].energy.numpy() / float(tokens.pow(2).sum()), rtol=1e-5
     )
 
 

@@ -22,7 +22,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
-from matplotlib.colors import Normalize
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -39,6 +39,7 @@ PICK_COLOR = "#D55E00"  # vermillion: greedy picks so far
 NEXT_COLOR = "#56B4E9"  # sky blue: the next greedy pick; ground-truth object outline
 LINESTYLES = ("-", "--", "-.", ":")
 TITLE_SIZE = 10
+LOG_FLOOR = 1e-4  # log-scale heat maps and curves show values down to this share of their maximum
 WIDTH_IN = 5.0  # default figure width in inches: 500 px at the default dpi of 100
 DPI = 100
 
@@ -105,6 +106,13 @@ def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().double().numpy().reshape(-1)
 
 
+def _percent(x: float) -> str:
+    """A share as a percentage that stays informative near 0 (``0.0%`` only for exactly 0)."""
+    if x == 0 or x >= 1e-3:
+        return f"{100 * x:.1f}%"
+    return f"{100 * x:.0e}%"
+
+
 def _short(text: str, width: int = 60) -> str:
     return textwrap.shorten(" ".join(str(text).split()), width=width, placeholder="…") or '""'
 
@@ -119,7 +127,7 @@ def _layout_size(geom: TokenGeometry, title_lines: int, width: float = WIDTH_IN,
     h = max(p.height for p in ps) * (1.1 if len(ps) > 1 else 1.0)
     plot_w = width - (0.9 if colorbar else 0.1)
     height = plot_w * h / w + 0.2 * title_lines + 0.15
-    return (width, float(np.clip(height, 1.6, 9.0)))
+    return (width, float(np.clip(height, 2.6 if colorbar else 1.6, 9.0)))
 
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float] | None, default: tuple[float, float]):  # noqa: ANN202
@@ -396,8 +404,9 @@ def plot_residual_energy(
 
     Left: ``Selection.residual`` (1 at t = 0, the share of the tokens' total energy outside the span of the first t
     picks) for the method and every entry of ``others``, one line each, a marker at its K. Right: the energy
-    gained at each pick: ``Selection.energy`` (the pick's residual energy, as a share of the total when the token
-    vectors are known) when the method records it, else the decrease of the residual curve.
+    gained at each pick: the decrease of the residual curve (solid, comparable across methods) and, for methods
+    that record it, ``Selection.energy``, the pick's own residual energy (dotted; a share of the total energy
+    when the token vectors are known, else raw units on a right-hand axis).
 
     Args:
         result: the ``PruneResult`` (or a ``Selection``) of the chosen method.
@@ -406,7 +415,7 @@ def plot_residual_energy(
         ax: one Axes (the curves only) or two Axes (curves, gains) to draw into.
         figsize: size of a new figure in inches (default ``(9, 3.6)``).
         tokens: `(N, D)` token vectors to normalise ``energy`` by (default ``result.visual_tokens[index]``).
-        logy: logarithmic y axes.
+        logy: logarithmic y axes (values below ``1e-4``, exact zeros included, are drawn at ``1e-4``).
 
     Returns:
         The ``Figure``.
@@ -435,11 +444,14 @@ def plot_residual_energy(
         color, ls = OKABE_ITO[j % len(OKABE_ITO)], LINESTYLES[(j // len(OKABE_ITO)) % len(LINESTYLES)]
         r = _np(s.residual)
         x = np.arange(r.size)
+        if logy:
+            r = np.maximum(r, LOG_FLOOR)
         ax_curve.plot(x, r, color=color, ls=ls, lw=1.6, label=f"{name} (K={s.keep}: {r[-1]:.2f})")
         ax_curve.plot([x[-1]], [r[-1]], marker="o", color=color, ms=6, ls="none")
     ax_curve.set_xlim(0, kmax * 1.02)
     if logy:
         ax_curve.set_yscale("log")
+        ax_curve.set_ylim(LOG_FLOOR * 0.8, 1.3)
     else:
         ax_curve.set_ylim(0, 1.03)
     ax_curve.set_xlabel(f"tokens kept t (of N = {n})")
@@ -454,22 +466,27 @@ def plot_residual_energy(
 
 
 def _plot_gains(ax: Axes, entries: list[tuple[str, Selection]], total: float | None, logy: bool) -> None:
-    raw_ax = None  # a twin axis for pick energies in raw units (no token vectors to normalise them)
+    """Solid: the decrease of the residual curve at each pick (the same quantity for every method). Dotted:
+    ``Selection.energy``, the pick's own residual energy, for methods that record it (as a share of the total
+    energy when the token vectors are known, else in raw units on a right-hand axis)."""
+    raw_ax = None
     for j, (name, s) in enumerate(entries):
         color, ls = OKABE_ITO[j % len(OKABE_ITO)], LINESTYLES[(j // len(OKABE_ITO)) % len(LINESTYLES)]
         if s.keep == 0:
             continue
         x = np.arange(1, s.keep + 1)
         marker = "o" if s.keep <= 40 else None
+        drop = -np.diff(_np(s.residual))
+        if drop.size == s.keep:
+            ax.plot(x, drop, color=color, ls=ls, lw=1.4, marker=marker, ms=3, label=f"{name}: decrease of residual")
         energy = _np(s.energy)
-        if energy is not None and energy.size == s.keep and total is not None:
-            target, y, label = ax, energy / total, f"{name}: energy of pick"
-        elif energy is not None and energy.size == s.keep:
-            raw_ax = raw_ax or ax.twinx()
-            target, y, label = raw_ax, energy, f"{name}: energy of pick (right axis)"
+        if energy is None or energy.size != s.keep:
+            continue
+        if total is not None:
+            ax.plot(x, energy / total, color=color, ls=":", lw=1.4, label=f"{name}: energy of pick")
         else:
-            target, y, label = ax, -np.diff(_np(s.residual)), f"{name}: decrease of residual"
-        target.plot(x, y, color=color, ls=ls, lw=1.3, marker=marker, ms=3, label=label)
+            raw_ax = raw_ax or ax.twinx()
+            raw_ax.plot(x, energy, color=color, ls=":", lw=1.4, label=f"{name}: energy of pick (right axis)")
     ax.set_xlabel("pick t")
     ax.set_ylabel("energy gained (share of total)")
     ax.set_title("Energy gained at each pick", fontsize=TITLE_SIZE)
@@ -578,7 +595,7 @@ class _GreedyView:
 
     def __init__(
         self, ax: Axes, image: object, sel: Selection, geom: TokenGeometry, tokens: torch.Tensor | None, *,
-        cmap: str, max_side: int, order_numbers: bool, colorbar: bool = True,
+        cmap: str, max_side: int, order_numbers: bool, colorbar: bool = True, log: bool = True,
     ) -> None:
         self.sel, self.geom, self.ax = sel, geom, ax
         self.order = sel.order.detach().cpu().numpy().astype(np.int64)
@@ -589,10 +606,12 @@ class _GreedyView:
         if tokens is not None:
             e0 = tokens.double().pow(2).sum(1).numpy()
             self.vmax = float(e0.max()) if e0.max() > 0 else 1.0
-            im = self.canvas.show_values(np.full(geom.n_tokens, np.nan), cmap=cmap, norm=Normalize(0, 1), alpha=0.7)
+            self.floor = LOG_FLOOR if log else 0.0
+            norm = LogNorm(LOG_FLOOR, 1.0, clip=True) if log else Normalize(0.0, 1.0)
+            im = self.canvas.show_values(np.full(geom.n_tokens, np.nan), cmap=cmap, norm=norm, alpha=0.7)
             if colorbar:
                 cb = ax.figure.colorbar(im, ax=ax, shrink=0.85, pad=0.02)
-                cb.set_label("residual energy ‖r‖² / max ‖v‖²", fontsize=9)
+                cb.set_label("residual energy / max ‖v‖²" + (" (log)" if log else ""), fontsize=9)
         self.picks = self.canvas.outline(np.zeros(0, dtype=np.int64), PICK_COLOR)
         self.next = self.canvas.outline(np.zeros(0, dtype=np.int64), NEXT_COLOR, ls="--",
                                         lw=1.5 * self.canvas.line_width(), zorder=3.5)
@@ -611,7 +630,7 @@ class _GreedyView:
         kept[picked] = True
         self.canvas.set_kept(kept, self._dim)
         if energy is not None and self.canvas.heat_layers:
-            values = energy / self.vmax
+            values = np.maximum(energy / self.vmax, self.floor)  # spanned tokens: the lowest colour
             values[kept] = np.nan
             self.canvas.set_values(values)
         self.picks.set_verts(self.canvas.verts(picked))
@@ -624,9 +643,7 @@ class _GreedyView:
                     self.texts[j].set_visible(j < t)
         res = _np(self.sel.residual)
         if res is not None and t < res.size:
-            left = f"residual energy left: {100 * res[t]:.1f}%"
-        elif energy is not None and self.tokens is not None:
-            left = f"residual energy left: {100 * energy.sum() / max(self.vmax, 1e-30):.1f}% of max"
+            left = f"residual energy left: {_percent(res[t])}"
         else:
             left = ""
         nxt = f"next pick: token {int(self.order[t])}" if t < k else "all picks made"
@@ -647,6 +664,7 @@ def plot_greedy_step(
     figsize: tuple[float, float] | None = None,
     cmap: str = "viridis",
     order_numbers: bool = True,
+    log: bool = True,
     max_side: int = 640,
 ) -> Figure:
     """The selection after its first ``step`` picks (``Selection.order[:step]``), over the residual energy of the rest.
@@ -665,6 +683,8 @@ def plot_greedy_step(
         figsize: size of a new figure in inches.
         cmap: colour map of the residual energy.
         order_numbers: number the picks in pick order.
+        log: logarithmic colour scale (residual energies shrink by orders of magnitude within a few picks);
+            tokens below ``1e-4`` of the largest energy, spanned ones included, get the lowest colour.
         max_side: raster resolution.
 
     Returns:
@@ -677,7 +697,8 @@ def plot_greedy_step(
     step = int(step)
     vecs = _tokens_of(result, index, tokens, sel.n_tokens)
     fig, ax = _new_axes(ax, figsize, _layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None))
-    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers)
+    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers,
+                       log=log)
     energy = None
     if vecs is not None:
         energy = residual_energies(vecs, sel.order.cpu()[:step], steps=[step])[0].numpy()
@@ -697,7 +718,9 @@ def greedy_animation(
     duration_ms: int = 250,
     cmap: str = "viridis",
     order_numbers: bool = True,
+    log: bool = True,
     max_side: int = 480,
+    colors: int = 255,
 ) -> bytes:
     """An animated GIF of the greedy selection: one frame per pick (t = 1..K), as ``plot_greedy_step`` draws it.
 
@@ -712,7 +735,9 @@ def greedy_animation(
         duration_ms: display time of each frame (the last one is held three times as long).
         cmap: colour map of the residual energy.
         order_numbers: number the picks.
+        log: logarithmic colour scale (see ``plot_greedy_step``).
         max_side: raster resolution.
+        colors: palette size of each frame (2..256; fewer make a smaller file).
 
     Returns:
         The GIF file's bytes (a single frame at t = 0 when K = 0).
@@ -721,6 +746,8 @@ def greedy_animation(
     k = sel.keep
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
         raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
+    if not 2 <= colors <= 256:
+        raise ValueError(f"colors must be in [2, 256], got {colors}")
     steps = list(range(1, k + 1)) or [0]
     if max_frames is not None and len(steps) > max_frames:
         pick = np.unique(np.round(np.linspace(0, len(steps) - 1, max_frames)).astype(int))
@@ -733,19 +760,26 @@ def greedy_animation(
                  layout="constrained")
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers)
+    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers,
+                       log=log)
     frames = []
     for j, t in enumerate(steps):
         view.update(t, None if energies is None else energies[j])
         canvas.draw()
         if j == 0:
             fig.set_layout_engine("none")  # freeze the layout: every frame the same size and place
-        rgb = np.asarray(canvas.buffer_rgba())[..., :3]
-        frames.append(Image.fromarray(rgb.copy()).convert("P", palette=Image.Palette.ADAPTIVE, colors=255))
+        frames.append(Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy()))
+    # One palette for all frames (from the first, middle and last), no dithering: unchanged pixels keep their
+    # index from frame to frame, so the GIF encoder only stores what changed (a third of the size).
+    probe = [frames[0], frames[len(frames) // 2], frames[-1]]
+    mosaic = Image.fromarray(np.concatenate([np.asarray(f) for f in probe], axis=1))
+    palette = mosaic.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
     durations = [duration_ms] * len(frames)
     durations[-1] = 3 * duration_ms
     buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0,
+                   optimize=True)
     return buf.getvalue()
 
 
