@@ -72,7 +72,7 @@ def test_existence_is_balanced():
 
 def test_shipped_model_smoke_accuracy():
     """Regression guard on 200 test questions. The issue's target (>= 90 %) is NOT met by the shipped checkpoint
-    (57 % on validation); this asserts the measured level so that a broken model or processor is caught."""
+    (71.5 % on validation); this asserts well above chance so that a broken model or processor is caught."""
     import torch
 
     import resprune
@@ -90,4 +90,4 @@ def test_shipped_model_smoke_accuracy():
             out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         texts = proc.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         correct += sum(t.strip().lower() == q.answer for t, (_, q) in zip(texts, chunk))
-    assert correct / len(items) >= 0.45, correct / len(items)
+    assert correct / len(items) >= 0.65, correct / len(items)  # measured: 75.5 %

@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of training: after 50 steps the step count is set to fit (0: use --steps)",
     )
     p.add_argument("--processor", default=None, help="load the processor from this folder instead of building it")
+    p.add_argument("--init", default=None, help="continue from the model weights in this folder")
     p.add_argument("--no-save-processor", action="store_true", help="write only the model files")
     a = p.parse_args(argv)
 
@@ -210,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         text_width=a.text_width,
         text_layers=a.text_layers,
     )
-    model = LlavaForConditionalGeneration(cfg).to(a.device)
+    if a.init:
+        model = LlavaForConditionalGeneration.from_pretrained(a.init, dtype=torch.float32).to(a.device)
+    else:
+        model = LlavaForConditionalGeneration(cfg).to(a.device)
     model.train()
     n_params = sum(x.numel() for x in model.parameters())
     decay = [x for n, x in model.named_parameters() if x.dim() >= 2 and "embed" not in n]
