@@ -27,8 +27,14 @@ def scenes_model():
 def tiny_llava(scenes_model):
     """A random-weight LLaVA with a 64 px / 8 px vision tower (64 visual tokens), weights scaled so that
     positions and masks matter (a wrong one changes the logits)."""
-    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tok = scenes_model[1].tokenizer
     torch.manual_seed(0)
