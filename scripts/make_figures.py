@@ -55,8 +55,9 @@ def figures(seed: int = 20_000_001, keep: int = 36, out: Path = OUT) -> None:
     for m in METHODS:
         if m not in resprune.list_methods():
             continue
-        a = resprune.answer(model, proc, scene.image, q.text, method=m, keep=keep, max_new_tokens=4,
-                            compare=m == "resprune")
+        a = resprune.answer(
+            model, proc, scene.image, q.text, method=m, keep=keep, max_new_tokens=4, compare=m == "resprune"
+        )
         results[m], answers[m] = a.result, a.pruned
     main = results["resprune"]
     others = {k: results[k] for k in ("divprune", "relevance", "random") if k in results}
@@ -65,15 +66,17 @@ def figures(seed: int = 20_000_001, keep: int = 36, out: Path = OUT) -> None:
         "residual_energy": viz.plot_residual_energy(main, others=others, logy=True),
         "relevance": viz.plot_relevance(scene.image, main),
         "greedy_step": viz.plot_greedy_step(scene.image, main, 3),
-        "method_grid": viz.plot_method_grid(scene.image, results, answers=answers, objects_mask=mask, ncols=4,
-                                            figsize=(9.6, 6.4)),
+        "method_grid": viz.plot_method_grid(
+            scene.image, results, answers=answers, objects_mask=mask, ncols=4, figsize=(9.2, 6.2)
+        ),
     }
     out.mkdir(parents=True, exist_ok=True)
     sizes = {f"{name}.png": save_png(fig, out / f"{name}.png") for name, fig in figs.items()}
     # the animation replays a smaller budget, one frame per pick: the scene tokens' energy is spent within a few
     # picks, and 12 frames keep the GIF small
-    small = resprune.answer(model, proc, scene.image, q.text, method="resprune", keep=12, max_new_tokens=4,
-                            compare=False).result
+    small = resprune.answer(
+        model, proc, scene.image, q.text, method="resprune", keep=12, max_new_tokens=4, compare=False
+    ).result
     gif = viz.greedy_animation(scene.image, small, dpi=72, duration_ms=500)
     (out / "greedy.gif").write_bytes(gif)
     sizes["greedy.gif"] = len(gif)
@@ -97,15 +100,19 @@ def screenshot() -> None:
     img = OUT / "_scene.png"
     scenes.sample(20_000_001).image.save(img)
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        b = p.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = b.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"http://127.0.0.1:{port}/")
         page.locator("input[type=file]").first.set_input_files(str(img))
         page.get_by_label("Instruction").fill("What shape is the green object?")
         page.get_by_role("button", name="Run", exact=True).click()
-        page.wait_for_function("() => document.querySelector('#pruned-answer textarea')?.value.length > 0",
-                               timeout=120_000)
+        page.wait_for_function(
+            "() => document.querySelector('#pruned-answer textarea')?.value.length > 0", timeout=120_000
+        )
         page.wait_for_selector("#overlay img", timeout=60_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(OUT / "app.png"))

@@ -96,8 +96,15 @@ def empty_selection(n: int, method: str = "resprune") -> Selection:
     return Selection(z, z, torch.zeros(0), torch.ones(1), method, n)
 
 
-def make_result(geom: TokenGeometry, keep: int, method: str = "resprune", *, seed: int = 0,
-                with_tokens: bool = True, with_query: bool = True) -> PruneResult:
+def make_result(
+    geom: TokenGeometry,
+    keep: int,
+    method: str = "resprune",
+    *,
+    seed: int = 0,
+    with_tokens: bool = True,
+    with_query: bool = True,
+) -> PruneResult:
     g = torch.Generator().manual_seed(seed)
     n = geom.n_tokens
     tokens = torch.randn(n, D, generator=g)
@@ -437,9 +444,15 @@ def test_greedy_step_without_token_vectors_still_draws_picks():
     assert len(viz.plot_greedy_step(image_for(geom), res, 2, tokens=tokens).axes) == 2  # with a colour bar
 
 
-@pytest.mark.parametrize("name,keep,max_frames,expected", [
-    ("llava", 6, None, 6), ("next", 9, 4, 4), ("qwen", 1, None, 1), ("llava", 0, None, 1),
-])
+@pytest.mark.parametrize(
+    "name,keep,max_frames,expected",
+    [
+        ("llava", 6, None, 6),
+        ("next", 9, 4, 4),
+        ("qwen", 1, None, 1),
+        ("llava", 0, None, 1),
+    ],
+)
 def test_greedy_animation_one_frame_per_step(name, keep, max_frames, expected):
     geom = GEOMETRIES[name]()
     res = make_result(geom, keep)

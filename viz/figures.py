@@ -157,7 +157,8 @@ class _TokenCanvas:
         y0 = min(p.extent[1] for p in self.panels)
         y1 = max(p.extent[3] for p in self.panels)
         head = 0.1 * (y1 - y0) if multi else 0.0  # room for the panel labels
-        ax.set_xlim(self.panels[0].extent[0] + self.panels[0].offset, self.panels[-1].extent[2] + self.panels[-1].offset)
+        first, last = self.panels[0], self.panels[-1]
+        ax.set_xlim(first.extent[0] + first.offset, last.extent[2] + last.offset)
         ax.set_ylim(y1, y0 - head)  # image rows grow downwards
         ax.set_aspect("equal")
         ax.set_axis_off()
@@ -223,8 +224,13 @@ class _TokenCanvas:
         cm = colormaps[cmap].with_extremes(bad=(0, 0, 0, 0))
         for i, p in enumerate(self.panels):
             im = self.ax.imshow(
-                self._values(i, values), extent=p.data_extent, cmap=cm, norm=norm, alpha=alpha,
-                interpolation="nearest", zorder=1,
+                self._values(i, values),
+                extent=p.data_extent,
+                cmap=cm,
+                norm=norm,
+                alpha=alpha,
+                interpolation="nearest",
+                zorder=1,
             )
             self.heat_layers.append(im)
         return self.heat_layers[0]
@@ -237,8 +243,12 @@ class _TokenCanvas:
         """Outline the boxes of tokens ``idx``; returns the PolyCollection (update it with ``set_verts``)."""
         verts = _grid.box_vertices(self.geom, np.asarray(idx), self.offsets)
         pc = PolyCollection(
-            list(verts), facecolors="none", edgecolors=color, linewidths=self.line_width() if lw is None else lw,
-            linestyles=ls, zorder=zorder,
+            list(verts),
+            facecolors="none",
+            edgecolors=color,
+            linewidths=self.line_width() if lw is None else lw,
+            linestyles=ls,
+            zorder=zorder,
         )
         self.ax.add_collection(pc, autolim=False)
         return pc
@@ -261,8 +271,15 @@ class _TokenCanvas:
         if c is None:
             return None
         return self.ax.text(
-            c[0], c[1], label, ha="center", va="center", color=color, fontsize=size or self.number_size(),
-            fontweight="bold", zorder=4,
+            c[0],
+            c[1],
+            label,
+            ha="center",
+            va="center",
+            color=color,
+            fontsize=size or self.number_size(),
+            fontweight="bold",
+            zorder=4,
             bbox=dict(boxstyle="round,pad=0.08", facecolor="black", alpha=0.45, linewidth=0),
         )
 
@@ -278,8 +295,9 @@ class _TokenCanvas:
             if max(abs(x0), abs(y0), abs(x1 - w), abs(y1 - h)) > 0.5:
                 rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) + [p.offset, 0]
                 self.ax.add_collection(
-                    PolyCollection([rect], facecolors="none", edgecolors="0.35", linewidths=0.8, linestyles="--",
-                                   zorder=2),
+                    PolyCollection(
+                        [rect], facecolors="none", edgecolors="0.35", linewidths=0.8, linestyles="--", zorder=2
+                    ),
                     autolim=False,
                 )
 
@@ -571,8 +589,14 @@ def plot_relevance(
     if rel is None:
         canvas.show_image(None)
         ax.text(
-            0.5, 0.5, f"No text relevance:\n{sel.method} is text-free and\nno query words were available",
-            transform=ax.transAxes, ha="center", va="center", fontsize=10, zorder=5,
+            0.5,
+            0.5,
+            f"No text relevance:\n{sel.method} is text-free and\nno query words were available",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=10,
+            zorder=5,
             bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="0.4"),
         )
     else:
@@ -594,8 +618,18 @@ class _GreedyView:
     """The greedy state after t picks: picks outlined and numbered, the next pick marked, residual energy as heat."""
 
     def __init__(
-        self, ax: Axes, image: object, sel: Selection, geom: TokenGeometry, tokens: torch.Tensor | None, *,
-        cmap: str, max_side: int, order_numbers: bool, colorbar: bool = True, log: bool = True,
+        self,
+        ax: Axes,
+        image: object,
+        sel: Selection,
+        geom: TokenGeometry,
+        tokens: torch.Tensor | None,
+        *,
+        cmap: str,
+        max_side: int,
+        order_numbers: bool,
+        colorbar: bool = True,
+        log: bool = True,
     ) -> None:
         self.sel, self.geom, self.ax = sel, geom, ax
         self.order = sel.order.detach().cpu().numpy().astype(np.int64)
@@ -613,8 +647,9 @@ class _GreedyView:
                 cb = ax.figure.colorbar(im, ax=ax, shrink=0.85, pad=0.02)
                 cb.set_label("residual energy / max ‖v‖²" + (" (log)" if log else ""), fontsize=9)
         self.picks = self.canvas.outline(np.zeros(0, dtype=np.int64), PICK_COLOR)
-        self.next = self.canvas.outline(np.zeros(0, dtype=np.int64), NEXT_COLOR, ls="--",
-                                        lw=1.5 * self.canvas.line_width(), zorder=3.5)
+        self.next = self.canvas.outline(
+            np.zeros(0, dtype=np.int64), NEXT_COLOR, ls="--", lw=1.5 * self.canvas.line_width(), zorder=3.5
+        )
         self.order_numbers = order_numbers
         self.texts: dict[int, object] = {}
         self.title = ax.set_title("", fontsize=TITLE_SIZE)
@@ -697,8 +732,7 @@ def plot_greedy_step(
     step = int(step)
     vecs = _tokens_of(result, index, tokens, sel.n_tokens)
     fig, ax = _new_axes(ax, figsize, _layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None))
-    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers,
-                       log=log)
+    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers, log=log)
     energy = None
     if vecs is not None:
         energy = residual_energies(vecs, sel.order.cpu()[:step], steps=[step])[0].numpy()
@@ -756,12 +790,14 @@ def greedy_animation(
     energies = None
     if vecs is not None:
         energies = residual_energies(vecs, sel.order.cpu(), steps=steps).numpy()  # (frames, N)
-    fig = Figure(figsize=figsize or _layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None), dpi=dpi,
-                 layout="constrained")
+    fig = Figure(
+        figsize=figsize or _layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None),
+        dpi=dpi,
+        layout="constrained",
+    )
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers,
-                       log=log)
+    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers, log=log)
     frames = []
     for j, t in enumerate(steps):
         view.update(t, None if energies is None else energies[j])
@@ -778,8 +814,9 @@ def greedy_animation(
     durations = [duration_ms] * len(frames)
     durations[-1] = 3 * duration_ms
     buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0,
-                   optimize=True)
+    frames[0].save(
+        buf, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=True
+    )
     return buf.getvalue()
 
 
