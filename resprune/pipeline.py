@@ -233,7 +233,6 @@ def prune(
     if isinstance(keep, int) and not isinstance(keep, bool) and keep >= per_img:
         warnings.warn(f"keep={keep} >= N={per_img} visual tokens: every token is kept", stacklevel=2)
 
-    extra: dict[str, Any] = {}
     cls_att = None
     wants_cls = "cls_attention" in info.requires or (
         method == "resprune" and hparams.get("seed", "auto") in ("auto", "prior") and "seed_prior" not in hparams

@@ -39,12 +39,26 @@ def tiny_llava(scenes_model):
     tok = scenes_model[1].tokenizer
     torch.manual_seed(0)
     cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=64, patch_size=8),
-        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                pad_token_id=tok.pad_token_id),
-        image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=8,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=tok.pad_token_id,
+        ),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
     )
     model = LlavaForConditionalGeneration(cfg).eval()
     with torch.no_grad():
@@ -52,8 +66,14 @@ def tiny_llava(scenes_model):
             if p.dim() == 2 and "embed" not in n:
                 p.mul_(10)
     ip = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=scenes_model[1].chat_template)
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=scenes_model[1].chat_template,
+    )
     return model, proc
 
 
@@ -78,7 +98,7 @@ def test_keep_all_is_exact(tiny_llava):
     assert torch.equal(ref, got)
     a = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     b = model.generate(**res.generate_kwargs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    assert torch.equal(a[0, inputs["input_ids"].shape[1]:], b[0])
+    assert torch.equal(a[0, inputs["input_ids"].shape[1] :], b[0])
 
 
 @pytest.mark.parametrize("positions", ["compact", "original"])
@@ -89,8 +109,14 @@ def test_quarter_budget_shortens_sequence_and_cache(tiny_llava, positions):
     L = inputs["input_ids"].shape[1]
     assert res.generate_kwargs["inputs_embeds"].shape[1] == L - 48
     assert res.stats["seq_len_before"] - res.stats["seq_len_after"] == 48
-    out = model.generate(**res.generate_kwargs, max_new_tokens=3, min_new_tokens=3, do_sample=False,
-                         output_logits=True, return_dict_in_generate=True)
+    out = model.generate(
+        **res.generate_kwargs,
+        max_new_tokens=3,
+        min_new_tokens=3,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     nbytes, length = resprune.pipeline.kv_cache_bytes(resprune.pipeline._cache_of(out))
     assert length == L - 48 + 2  # prompt + generated tokens but the last
     with torch.no_grad():  # first generated step == a plain forward on the pruned sequence
@@ -114,8 +140,10 @@ def test_every_method_generates(tiny_llava, method):
     model, proc = tiny_llava
     inputs = _inputs(proc, _image())
     res = prune(model, inputs, method, 10, processor=proc, prompt="What colour is the circle?")
-    assert res.selections[0].keep == 10 and res.generate_kwargs["inputs_embeds"].shape[1] == \
-        inputs["input_ids"].shape[1] - 54
+    assert (
+        res.selections[0].keep == 10
+        and res.generate_kwargs["inputs_embeds"].shape[1] == inputs["input_ids"].shape[1] - 54
+    )
     out = model.generate(**res.generate_kwargs, max_new_tokens=2, do_sample=False)
     assert out.shape[0] == 1
 

@@ -84,8 +84,12 @@ def test_shipped_model_smoke_accuracy():
     correct = 0
     for i in range(0, len(items), 50):
         chunk = items[i : i + 50]
-        inputs = proc(images=[im for im, _ in chunk], text=[chat_prompt(proc, q.text) for _, q in chunk],
-                      return_tensors="pt", padding=True)
+        inputs = proc(
+            images=[im for im, _ in chunk],
+            text=[chat_prompt(proc, q.text) for _, q in chunk],
+            return_tensors="pt",
+            padding=True,
+        )
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         texts = proc.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

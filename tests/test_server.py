@@ -40,16 +40,18 @@ def test_api_through_gradio_client(server):
 
     url, img, scene = server
     client = Client(url, verbose=False)
-    res = client.predict(handle_file(str(img)), scene.questions[0].text, "scenes", "resprune", 30, 0.75,
-                         api_name="/answer")
+    res = client.predict(
+        handle_file(str(img)), scene.questions[0].text, "scenes", "resprune", 30, 0.75, api_name="/answer"
+    )
     assert len(res["kept_indices"][0]) == 30
     assert res["pruned_answer"] and res["unpruned_answer"]
     assert res["stats"]["visual_tokens_before"] == 144
     # a bad request is answered with the message, and the server keeps serving
     with pytest.raises(Exception, match="instruction is empty"):
         client.predict(handle_file(str(img)), "", "scenes", "resprune", 30, 0.75, api_name="/answer")
-    again = client.predict(handle_file(str(img)), "Is there a red circle?", "scenes", "random", 10, 0.75,
-                           api_name="/answer")
+    again = client.predict(
+        handle_file(str(img)), "Is there a red circle?", "scenes", "random", 10, 0.75, api_name="/answer"
+    )
     assert len(again["kept_indices"][0]) == 10
 
 
@@ -61,8 +63,19 @@ def test_two_requests_are_answered_separately(server):
     url, img, scene = server
     client = Client(url, verbose=False)
     with ThreadPoolExecutor(2) as ex:
-        futs = [ex.submit(client.predict, handle_file(str(img)), scene.questions[0].text, "scenes", "uniform", k,
-                          0.75, api_name="/answer") for k in (8, 40)]
+        futs = [
+            ex.submit(
+                client.predict,
+                handle_file(str(img)),
+                scene.questions[0].text,
+                "scenes",
+                "uniform",
+                k,
+                0.75,
+                api_name="/answer",
+            )
+            for k in (8, 40)
+        ]
         outs = [f.result(timeout=120) for f in futs]
     assert [len(o["kept_indices"][0]) for o in outs] == [8, 40]
 
@@ -74,16 +87,26 @@ def test_browser_upload_run_and_see_answers(server, tmp_path):
 
     url, img, _ = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(url, timeout=60_000)
         page.locator("input[type=file]").first.set_input_files(str(img))
         page.get_by_role("button", name="Run", exact=True).click()
         pruned = page.locator("#pruned-answer textarea")
-        page.wait_for_function("() => document.querySelector('#pruned-answer textarea')?.value.length > 0",
-                               timeout=120_000)
+        page.wait_for_function(
+            "() => document.querySelector('#pruned-answer textarea')?.value.length > 0", timeout=120_000
+        )
         assert pruned.input_value()
         assert page.locator("#unpruned-answer textarea").input_value()
         page.wait_for_selector("#overlay img", timeout=60_000)

@@ -56,8 +56,9 @@ def normalise(answer: str) -> str:
     return answer.strip().lower().strip(".!?,;:").split()[0] if answer.strip() else ""
 
 
-def run(n_questions: int = 300, methods: list[str] | None = None, fractions: tuple[float, ...] = FRACTIONS,
-        log=None) -> dict:  # noqa: ANN001
+def run(
+    n_questions: int = 300, methods: list[str] | None = None, fractions: tuple[float, ...] = FRACTIONS, log=None
+) -> dict:  # noqa: ANN001
     import torch
 
     import resprune
@@ -85,17 +86,29 @@ def run(n_questions: int = 300, methods: list[str] | None = None, fractions: tup
             for frac in fractions:
                 for m in methods if frac < 1.0 else methods[:1]:
                     try:
-                        ans = resprune.answer(model, processor, image, q.text, method=m, keep=_keep(frac, model,
-                                              processor, image, q.text), max_new_tokens=4, compare=False)
+                        ans = resprune.answer(
+                            model,
+                            processor,
+                            image,
+                            q.text,
+                            method=m,
+                            keep=_keep(frac, model, processor, image, q.text),
+                            max_new_tokens=4,
+                            compare=False,
+                        )
                     except (ValueError, TypeError) as e:  # a method that cannot run on this model
                         records.append(dict(method=m, frac=frac, error=str(e)))
                         continue
                     sel = ans.result.selections[0]
                     rel = relevant_tokens(ans.result.geometry[0], mask) if mask.any() else None
                     rec = dict(
-                        method=m, frac=frac, type=q.type, correct=normalise(ans.pruned) == normalise(q.answer),
+                        method=m,
+                        frac=frac,
+                        type=q.type,
+                        correct=normalise(ans.pruned) == normalise(q.answer),
                         recall=token_recall(sel, rel) if rel is not None else float("nan"),
-                        seconds=float(ans.stats.get("selection_seconds", float("nan"))), keep=sel.keep,
+                        seconds=float(ans.stats.get("selection_seconds", float("nan"))),
+                        keep=sel.keep,
                         n=sel.n_tokens,
                     )
                     records.append(rec)
@@ -155,8 +168,10 @@ def format_table(summary: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     n = summary["rows"][0]["n"] if summary["rows"] else 0
     lines.append("")
-    lines.append(f"{n} test questions; accuracy in % with Wilson 95 % intervals, per-type columns in %; recall "
-                 "in % ± 95 % half-width; selection time is the mean per image.")
+    lines.append(
+        f"{n} test questions; accuracy in % with Wilson 95 % intervals, per-type columns in %; recall "
+        "in % ± 95 % half-width; selection time is the mean per image."
+    )
     for m, e in summary["errors"].items():
         lines.append(f"- `{m}` did not run on this model: {e}")
     return "\n".join(lines)
@@ -176,11 +191,13 @@ def plot(summary: dict, path: str) -> None:
         if not rs:
             continue
         x = [100 * r["frac"] for r in rs]
-        style = dict(color=colours[i % len(colours)], marker=markers[i % len(markers)], label=m, lw=2 if m ==
-                     "resprune" else 1.2)
+        style = dict(
+            color=colours[i % len(colours)], marker=markers[i % len(markers)], label=m, lw=2 if m == "resprune" else 1.2
+        )
         ax1.plot(x, [100 * r["acc"][0] for r in rs], **style)
-        ax1.fill_between(x, [100 * r["acc"][1] for r in rs], [100 * r["acc"][2] for r in rs],
-                         color=style["color"], alpha=0.08)
+        ax1.fill_between(
+            x, [100 * r["acc"][1] for r in rs], [100 * r["acc"][2] for r in rs], color=style["color"], alpha=0.08
+        )
         ax2.plot(x, [100 * r["recall"][0] for r in rs], **style)
     for ax, title in ((ax1, "answer accuracy (%)"), (ax2, "relevant-token recall (%)")):
         ax.set_xscale("log")

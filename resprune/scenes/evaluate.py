@@ -26,8 +26,12 @@ def evaluate(n_scenes: int = 1000, batch: int = 64, path: str | None = None) -> 
     ok, tot = Counter(), Counter()
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
-        inputs = proc(images=[im for im, _ in chunk], text=[chat_prompt(proc, q.text) for _, q in chunk],
-                      return_tensors="pt", padding=True)
+        inputs = proc(
+            images=[im for im, _ in chunk],
+            text=[chat_prompt(proc, q.text) for _, q in chunk],
+            return_tensors="pt",
+            padding=True,
+        )
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         texts = proc.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from .world import COLOURS, IMAGE_SIZE, NUMBERS, SHAPES
 
@@ -77,13 +78,13 @@ def build_processor():  # noqa: ANN201
 
 
 def build_config(
-    tokenizer,
+    tokenizer: Any,
     *,
     vision_width: int = 192,
     vision_layers: int = 6,
     text_width: int = 256,  # noqa: ANN001, ANN201
     text_layers: int = 4,
-):
+) -> Any:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     vision = CLIPVisionConfig(

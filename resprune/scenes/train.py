@@ -21,6 +21,7 @@ import random
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -124,8 +125,8 @@ def collate(enc: Encoder, images: np.ndarray, items: list, pad_id: int):  # noqa
 
 
 def first_token_accuracy(
-    model, enc: Encoder, images: np.ndarray, items: list, device: str, pad_id: int, bs: int = 256
-) -> dict[str, float]:  # noqa: ANN001
+    model: Any, enc: Encoder, images: np.ndarray, items: list, device: str, pad_id: int, bs: int = 256
+) -> dict[str, float]:
     """Teacher-forced check of the whole answer (all answer tokens argmax-correct), per question type."""
     import torch
 
