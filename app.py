@@ -346,7 +346,7 @@ def step_image(state: dict[str, Any] | None, step: float) -> Any:
 def gif_file(state: dict[str, Any]) -> str:
     import viz
 
-    data = viz.greedy_animation(state["image"], state["answer"].result)
+    data = viz.greedy_animation(state["image"], state["answer"].result, max_frames=24)
     p = Path(tempfile.mkdtemp(prefix="resprune-")) / "greedy.gif"
     p.write_bytes(data)
     return str(p)
