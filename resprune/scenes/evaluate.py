@@ -8,21 +8,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from typing import Any
 
 from . import test_scenes
 from .world import QUESTION_TYPES
 
 
-def evaluate(n_scenes: int = 1000, batch: int = 64, path: str | None = None) -> dict[str, tuple[int, int]]:
-    """``{type: (correct, total)}`` plus ``"all"`` over the first ``n_scenes`` test scenes."""
+def accuracy(model: Any, proc: Any, items: list, batch: int = 64) -> dict[str, tuple[int, int]]:
+    """``{type: (correct, total)}`` plus ``"all"`` for (image, question) items, greedy answers, batched."""
     import torch
 
     from ..pipeline import chat_prompt
-    from .model import DEFAULT_DIR, load_scenes_model
 
-    model, proc = load_scenes_model(path or DEFAULT_DIR)
     proc.tokenizer.padding_side = "left"
-    items = [(s.image, q) for s in test_scenes(n_scenes) for q in s.questions]
     ok, tot = Counter(), Counter()
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
@@ -36,12 +34,19 @@ def evaluate(n_scenes: int = 1000, batch: int = 64, path: str | None = None) -> 
             out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         texts = proc.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         for t, (_, q) in zip(texts, chunk):
-            hit = t.strip().lower().strip(".") == q.answer
-            ok[q.type] += hit
+            ok[q.type] += t.strip().lower().strip(".") == q.answer
             tot[q.type] += 1
     res = {t: (ok[t], tot[t]) for t in QUESTION_TYPES}
     res["all"] = (sum(ok.values()), sum(tot.values()))
     return res
+
+
+def evaluate(n_scenes: int = 1000, batch: int = 64, path: str | None = None) -> dict[str, tuple[int, int]]:
+    """Accuracy per question type over the first ``n_scenes`` test scenes."""
+    from .model import DEFAULT_DIR, load_scenes_model
+
+    model, proc = load_scenes_model(path or DEFAULT_DIR)
+    return accuracy(model, proc, [(s.image, q) for s in test_scenes(n_scenes) for q in s.questions], batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,22 +104,11 @@ def pixel_values(images: np.ndarray) -> np.ndarray:
     return ((x - MEAN) / STD).transpose(0, 3, 1, 2)
 
 
-def collate(enc: Encoder, images: np.ndarray, items: list, pad_id: int):  # noqa: ANN201
+def collate(enc: Encoder, images: np.ndarray, items: list, pad_id: int) -> tuple:
+    """Input ids, attention mask, labels and pixel values of a batch of (scene index, q, a, type) items."""
     import torch
 
-    seqs, labels = [], []
-    for _, q, a, _ in items:
-        p, t = enc.prompt_ids(q), enc.answer_ids(a)
-        seqs.append(p + t)
-        labels.append([-100] * len(p) + t)
-    L = max(map(len, seqs))
-    ids = torch.full((len(seqs), L), pad_id)
-    lab = torch.full((len(seqs), L), -100)
-    am = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, (s, lb) in enumerate(zip(seqs, labels)):
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(lb)] = torch.tensor(lb)
-        am[i, : len(s)] = 1
+    ids, am, lab = (torch.from_numpy(x) for x in encode_all(enc, items, pad_id))
     pv = torch.from_numpy(pixel_values(images[[it[0] for it in items]]))
     return ids, am, lab, pv
 
