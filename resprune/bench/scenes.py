@@ -184,7 +184,7 @@ def plot(summary: dict, path: str) -> None:
     fig = Figure(figsize=(10, 4), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2)
-    colours = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000", "#999999"]
+    colours = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#882255", "#000000", "#999999"]
     markers = "osD^vP*Xh"
     for i, m in enumerate(summary["methods"]):
         rs = sorted((r for r in summary["rows"] if r["method"] == m), key=lambda r: r["frac"])
