@@ -1,0 +1,45 @@
+"""The benchmarks run end to end on small settings and print their tables (numbers are not asserted)."""
+
+from __future__ import annotations
+
+import math
+
+from resprune.bench import __main__ as dispatch
+from resprune.bench import scenes as bench_scenes
+from resprune.bench import select as bench_select
+
+
+def test_select_bench_small(capsys):
+    rows = bench_select.run(ns=(40,), ks=(4,), dim=32, repeats=1)
+    names = {r["method"] for r in rows}
+    assert {"resprune", "divprune", "cdpruner", "resprune[gs]", "resprune[gram]"} <= names
+    assert all(r["ratio"] > 0 and math.isfinite(r["ratio"]) for r in rows)
+    table = bench_select.format_table(rows)
+    assert table.startswith("| method | N=40 K=4 |") and "reference at N=40" in table
+    assert (
+        dispatch.main(["select", "--n", "30", "--k", "3", "--dim", "16", "--repeats", "1", "--methods", "random"]) == 0
+    )
+    assert "| random |" in capsys.readouterr().out
+
+
+def test_dispatcher_usage(capsys):
+    assert dispatch.main([]) == 2 and "benchmarks:" in capsys.readouterr().err
+
+
+def test_scenes_bench_small(tmp_path):
+    summary = bench_scenes.run(n_questions=3, methods=["resprune", "random"], fractions=(1.0, 0.25))
+    rows = {(r["method"], r["frac"]) for r in summary["rows"]}
+    assert rows == {("resprune", 1.0), ("random", 1.0), ("resprune", 0.25), ("random", 0.25)}
+    full = next(r for r in summary["rows"] if r["frac"] == 1.0)
+    assert full["recall"][0] == 1.0 or math.isnan(full["recall"][0])  # keeping everything recalls everything
+    table = bench_scenes.format_table(summary)
+    assert "| resprune | 25 % (36/144) |" in table
+    bench_scenes.plot(summary, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_confidence_intervals():
+    p, lo, hi = bench_scenes.wilson(0, 10)
+    assert p == 0 and lo == 0 and 0 < hi < 0.35
+    m, lo, hi = bench_scenes.mean_ci([1.0, 1.0, float("nan")])
+    assert (m, lo, hi) == (1.0, 1.0, 1.0)
