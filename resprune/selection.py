@@ -119,7 +119,7 @@ def _greedy_residual(
     """
     vn = v.numpy()
     n = vn.shape[0]
-    norm2 = np.einsum("nd,nd->n", vn, vn, dtype=np.float64)  # (N,) energy w.r.t. the empty set
+    norm2 = torch.linalg.vector_norm(v, dim=1).double().pow(2).numpy()  # (N,) energy w.r.t. the empty set
     energy = norm2.copy()
     total0 = float(norm2.sum())
     w = np.ones(n) if weight is None else weight.double().numpy()
@@ -330,7 +330,7 @@ def select_resprune(
     elif seed == "prior" or (seed == "auto" and seed_prior is not None):
         seed_rule, first = "prior", int(torch.argmax(seed_prior))
     else:
-        seed_rule, first = "max_norm", int(torch.argmax(vc.double().pow(2).sum(1)))
+        seed_rule, first = "max_norm", int(torch.argmax(torch.linalg.vector_norm(vc, dim=1)))
     chosen = _auto_solver(n, k, v.shape[1]) if solver == "auto" else solver
     order, e, g, curve = _greedy_residual(vc, k, weight, first, solver=chosen)
     params = dict(alpha=alpha, aggregation=aggregation, mapping=mapping, floor=floor, seed=seed_rule, solver=chosen)
@@ -385,7 +385,7 @@ def select_relevance(
     k = check_keep(keep, v.shape[0])
     vc = v.cpu()
     rel = _relevance_or_none(vc, None if q is None else q.cpu(), aggregation, mapping, floor)
-    score = rel.double() if rel is not None else vc.double().pow(2).sum(1)
+    score = rel.double() if rel is not None else torch.linalg.vector_norm(vc, dim=1).double().pow(2)
     # stable sort: equal scores keep index order
     order = torch.sort(score, descending=True, stable=True).indices[:k]
     params = dict(aggregation=aggregation, mapping=mapping, floor=floor)
