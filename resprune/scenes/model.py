@@ -80,11 +80,13 @@ def build_processor():  # noqa: ANN201
 def build_config(
     tokenizer: Any,
     *,
-    vision_width: int = 192,
-    vision_layers: int = 6,
-    text_width: int = 256,  # noqa: ANN001, ANN201
+    vision_width: int = 128,
+    vision_layers: int = 4,
+    text_width: int = 128,
     text_layers: int = 4,
 ) -> Any:
+    """The shipped architecture: CLIP-style vision tower (192 px, 16-px patches: 144 visual tokens + CLS), LLaVA-1.5
+    2-layer GELU projector, Llama-style language model (RoPE, SwiGLU, grouped-query attention)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     vision = CLIPVisionConfig(
@@ -125,32 +127,60 @@ class ScenesModelError(OSError):
     """The scenes checkpoint folder is missing or unusable; the message names the file."""
 
 
-def load_scenes_model(path: str | Path = DEFAULT_DIR):  # noqa: ANN201
-    """Load the shipped offline model and its processor (no network). Raises ``ScenesModelError`` naming the file."""
-    import torch
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+class ScenesModelMissing(ScenesModelError, FileNotFoundError):
+    """The checkpoint folder or one of its files does not exist."""
 
-    path = Path(path)
+
+class ScenesModelCorrupt(ScenesModelError, ValueError):
+    """A checkpoint file exists but cannot be read."""
+
+
+def _check_files(path: Path) -> None:
+    """Raise ``ScenesModelMissing`` / ``ScenesModelCorrupt`` naming the first unusable file of ``path``."""
     if not path.is_dir():
-        raise ScenesModelError(
-            f"offline model folder not found: {path.name!r} (expected the checkpoint under "
+        raise ScenesModelMissing(
+            f"offline model folder not found: {str(path)!r} (expected the checkpoint under "
             "assets/scenes-model; train it with `python -m resprune.scenes.train`)"
         )
     for name in REQUIRED_FILES:
         if not (path / name).is_file():
-            raise ScenesModelError(f"offline model file missing: {name!r} in {path.name!r}")
+            raise ScenesModelMissing(f"offline model file missing: {name!r} in {str(path)!r}")
+    for name in ("config.json", "tokenizer_config.json", "processor_config.json"):
+        try:
+            json.loads((path / name).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ScenesModelCorrupt(f"offline model file {name!r} in {str(path)!r} is not valid JSON: {e}") from None
+    raw = (path / "model.safetensors").read_bytes()[:8]
+    header = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+    if not 0 < header < (path / "model.safetensors").stat().st_size:
+        raise ScenesModelCorrupt(f"offline model file 'model.safetensors' in {str(path)!r} is not a safetensors file")
+
+
+def load_scenes_model(path: str | Path = DEFAULT_DIR):  # noqa: ANN201
+    """Load the shipped offline model and its processor (no network), float32, in eval mode.
+
+    Raises:
+        ScenesModelMissing: (a ``FileNotFoundError``) the folder or a required file is missing; names it.
+        ScenesModelCorrupt: (a ``ValueError``) a file is unreadable; names it.
+    """
+    import torch
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    path = Path(path)
+    _check_files(path)
     try:
         model = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - a corrupt file must be named, not a stack of library frames
-        raise ScenesModelError(
-            f"offline model file 'model.safetensors' or 'config.json' in {path.name!r} is "
+        raise ScenesModelCorrupt(
+            f"offline model file 'model.safetensors' or 'config.json' in {str(path)!r} is "
             f"corrupt: {type(e).__name__}: {e}"
         ) from None
     try:
         processor = LlavaProcessor.from_pretrained(path, local_files_only=True)
     except Exception as e:  # noqa: BLE001
-        raise ScenesModelError(
-            f"offline processor files in {path.name!r} are corrupt: {type(e).__name__}: {e}"
+        raise ScenesModelCorrupt(
+            f"offline processor files ('tokenizer.json', 'tokenizer_config.json', 'processor_config.json') in "
+            f"{str(path)!r} are corrupt: {type(e).__name__}: {e}"
         ) from None
     model.eval()
     return model, processor

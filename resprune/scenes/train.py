@@ -1,12 +1,23 @@
 """Train the offline default model on the scene world: ``python -m resprune.scenes.train``.
 
-    python -m resprune.scenes.train --device cuda --steps 6000 --out assets/scenes-model
+    python -m resprune.scenes.train --device cpu --steps 2400 --out assets/scenes-model
 
-Pre-generates the training scenes once (in parallel), then trains a ``LlavaForConditionalGeneration`` end to end
-(vision tower, projector and language model) with the loss on the answer tokens only: AdamW, linear warm-up then
-cosine decay, bf16 autocast on a GPU. Writes the checkpoint (float16 weights), ``train_log.csv`` (step, loss,
-lr, validation accuracy per question type) and ``learning_curve.png``. Fixed seed: the same command on the same
-kind of device reproduces the checkpoint (GPU kernels may differ in the last bits).
+Recipe (what made a few-million-parameter LLaVA learn the world on two CPU cores):
+
+- Data is generated once (in parallel) into tensors: images `(S, H, W, 3)` uint8, several question sets per scene
+  (the scene's own plus re-drawn ones), and per-patch targets from the exact masks.
+- All questions of a scene are packed into one multi-turn sequence (``USER: <image>\\n{q1} ASSISTANT: {a1}</s>USER:
+  {q2} ASSISTANT: ...``), so the vision tower and the 144 image tokens are paid for once per ~4.5 answers; the
+  first turn is exactly the single-turn prompt used at test time. The loss is on answer tokens only.
+- An auxiliary dense loss (a linear head, dropped after training) asks every projected visual token - exactly what
+  the language model reads - for the colour and shape of the object under its patch and for the shape of an
+  object whose centre lies in it. The visual tokens covering an object thus carry its identity, which is what
+  pruning demonstrations need, and counting reduces to counting "centre" tokens.
+- AdamW, linear warm-up then cosine decay.
+
+Writes the checkpoint (``save_pretrained``, float32), ``train_log.csv`` (step, loss, lr, validation accuracy per
+question type), ``learning_curve.png`` and ``training.json``. Fixed seed: the same command on the same kind of
+device reproduces the checkpoint.
 """
 
 from __future__ import annotations
@@ -25,117 +36,249 @@ from typing import Any
 
 import numpy as np
 
-from .world import QUESTION_TYPES, sample, split_seeds
+from .world import COLOURS, IMAGE_SIZE, QUESTION_TYPES, SHAPES, questions, render, split_seeds
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)  # CLIP normalisation
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+PATCH = 16
+GRID = IMAGE_SIZE // PATCH  # 12
+MIN_COVER = 40  # pixels of a 16 x 16 patch an object must cover for the patch to be labelled with it
+N_AUX = (1 + len(COLOURS), 1 + len(SHAPES), 1 + len(SHAPES))  # colour, shape, centre-shape (0: none)
+MAX_OBJECTS = 5
+ATTN_COVER = 24  # pixels of a patch an object must cover to count as "the object" for attention supervision
+ATTN_LAYER, ATTN_HEADS = 1, (0, 1)  # the language-model layer and heads whose attention is supervised
 
 
-def _scene_batch(seeds: list[int]) -> list[tuple[np.ndarray, list[tuple[str, str, str]]]]:
+def patch_targets(objects: tuple) -> np.ndarray:
+    """`(3, GRID*GRID)` uint8: per patch the colour, shape (1-based, 0 = background) of the object covering it
+    most, and the shape of an object whose centre lies in the patch."""
+    tgt = np.zeros((3, GRID, GRID), dtype=np.uint8)
+    cover = np.zeros((GRID, GRID), dtype=np.int32)
+    colours, shapes = list(COLOURS), list(SHAPES)
+    for o in objects:
+        c = o.mask.reshape(GRID, PATCH, GRID, PATCH).sum((1, 3))
+        win = (c >= MIN_COVER) & (c > cover)
+        cover = np.where(win, c, cover)
+        tgt[0][win] = 1 + colours.index(o.colour)
+        tgt[1][win] = 1 + shapes.index(o.shape)
+        tgt[2][min(int(o.y) // PATCH, GRID - 1), min(int(o.x) // PATCH, GRID - 1)] = 1 + shapes.index(o.shape)
+    return tgt.reshape(3, -1)
+
+
+def object_patches(objects: tuple) -> np.ndarray:
+    """`(MAX_OBJECTS, GRID*GRID)` bool: the patches each object covers (>= ATTN_COVER pixels, or its centre)."""
+    out = np.zeros((MAX_OBJECTS, GRID, GRID), dtype=bool)
+    for i, o in enumerate(objects):
+        out[i] = o.mask.reshape(GRID, PATCH, GRID, PATCH).sum((1, 3)) >= ATTN_COVER
+        out[i, min(int(o.y) // PATCH, GRID - 1), min(int(o.x) // PATCH, GRID - 1)] = True
+    return out.reshape(MAX_OBJECTS, -1)
+
+
+def _attention_targets(q: Any, objects: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Objects the two supervised heads should look at: both the question's objects, or for a spatial question
+    the first object (head 0) and the reference object (head 1). Empty for absent objects ("no", "zero")."""
+    idx = tuple(next(i for i, o in enumerate(objects) if o is qo) for qo in q.objects)
+    if q.type == "spatial":
+        return idx[:1], idx[1:]
+    return idx, idx
+
+
+def _scene_batch(args: tuple[list[int], int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, list]]:
+    seeds, n_sets = args
     out = []
     for s in seeds:
-        sc = sample(s)
-        out.append((np.asarray(sc.image, dtype=np.uint8), [(q.text, q.answer, q.type) for q in sc.questions]))
+        image, objects = render(s)
+        # set 0 is the scene's own (what ``sample(seed)`` returns); the others re-draw the templates' choices
+        sets = [questions(objects, random.Random(s * 7919 + 17 + 1_000_003 * k)) for k in range(n_sets)]
+        qsets = [[(q.text, q.answer, q.type, *_attention_targets(q, objects)) for q in qs] for qs in sets]
+        out.append((np.asarray(image, dtype=np.uint8), patch_targets(objects), object_patches(objects), qsets))
     return out
 
 
-def make_dataset(split: str, n_scenes: int, workers: int) -> tuple[np.ndarray, list[tuple[int, str, str, str]]]:
-    """Images `(S, H, W, 3)` uint8 and (scene index, question, answer, type) tuples."""
+def make_dataset(split: str, n_scenes: int, workers: int, n_sets: int = 1) -> tuple[Any, ...]:
+    """Images `(S, H, W, 3)` uint8, patch targets `(S, 3, 144)` uint8, object patches `(S, MAX_OBJECTS, 144)`
+    bool, and per scene ``n_sets`` question sets of (text, answer, type, head-0 objects, head-1 objects)."""
     seeds = list(split_seeds(split, n_scenes))
-    chunks = [seeds[i : i + 500] for i in range(0, len(seeds), 500)]
-    images, qa = [], []
+    chunks = [(seeds[i : i + 250], n_sets) for i in range(0, len(seeds), 250)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
             parts = list(ex.map(_scene_batch, chunks))
     else:
         parts = [_scene_batch(c) for c in chunks]
-    for part in parts:
-        for img, qs in part:
-            for q in qs:
-                qa.append((len(images), *q))
-            images.append(img)
-    return np.stack(images), qa
+    rows = [r for part in parts for r in part]
+    return tuple(np.stack([r[i] for r in rows]) for i in range(3)) + ([r[3] for r in rows],)
 
 
 class Encoder:
-    """Turns (question, answer) into input ids / labels exactly as the processor + chat template do."""
+    """Token ids of prompts and answers, exactly as the processor + chat template produce them (cached)."""
 
-    def __init__(self, processor) -> None:  # noqa: ANN001
+    def __init__(self, processor: Any, n_image_tokens: int = GRID * GRID) -> None:
         self.processor = processor
         self.tok = processor.tokenizer
-        self.cache: dict[str, list[int]] = {}
+        self.n_image = n_image_tokens
         self.eos = self.tok.eos_token_id
+        self.cache: dict[tuple[str, str], list[int]] = {}
 
-    def prompt_ids(self, question: str) -> list[int]:
-        if question not in self.cache:
+    def first_turn(self, question: str) -> list[int]:
+        """``<s>USER: <image>*144\\n{question} ASSISTANT:`` (the test-time prompt)."""
+        key = ("first", question)
+        if key not in self.cache:
             msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
             text = self.processor.apply_chat_template(msgs, add_generation_prompt=True)
-            n = self.processor.image_seq_length if hasattr(self.processor, "image_seq_length") else None
-            expanded = text.replace("<image>", "<image>" * (n or 144))
-            self.cache[question] = self.tok(expanded, add_special_tokens=True)["input_ids"]
-        return self.cache[question]
+            text = text.replace("<image>", "<image>" * self.n_image)
+            self.cache[key] = self.tok(text, add_special_tokens=True)["input_ids"]
+        return self.cache[key]
 
-    def answer_ids(self, answer: str) -> list[int]:
-        key = "\0" + answer
+    def next_turn(self, question: str) -> list[int]:
+        key = ("next", question)
+        if key not in self.cache:
+            self.cache[key] = self.tok(f"USER: {question} ASSISTANT:", add_special_tokens=False)["input_ids"]
+        return self.cache[key]
+
+    def answer(self, answer: str) -> list[int]:
+        key = ("answer", answer)
         if key not in self.cache:
             self.cache[key] = self.tok(answer, add_special_tokens=False)["input_ids"] + [self.eos]
         return self.cache[key]
 
+    def packed(self, qas: list[tuple]) -> tuple[list[int], list[int], list[int]]:
+        """One multi-turn sequence of all ``qas``, its labels (answer tokens only), and per turn the position
+        that predicts the answer's first token (the last prompt token)."""
+        ids: list[int] = []
+        lab: list[int] = []
+        pos: list[int] = []
+        for i, (q, a, *_) in enumerate(qas):
+            p = self.first_turn(q) if i == 0 else self.next_turn(q)
+            t = self.answer(a)
+            ids += p
+            pos.append(len(ids) - 1)
+            ids += t
+            lab += [-100] * len(p) + t
+        return ids, lab, pos
 
-def encode_all(enc: Encoder, items: list, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (question, answer) as right-padded ids, attention mask and labels `(M, L)`, built once."""
-    seqs, labels = [], []
-    for _, q, a, _ in items:
-        p, t = enc.prompt_ids(q), enc.answer_ids(a)
-        seqs.append(p + t)
-        labels.append([-100] * len(p) + t)
+
+def pad(seqs: list[list[int]], labs: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-padded ids, attention mask and labels `(B, L)`."""
     L = max(map(len, seqs))
     ids = np.full((len(seqs), L), pad_id, dtype=np.int64)
     lab = np.full((len(seqs), L), -100, dtype=np.int64)
     am = np.zeros((len(seqs), L), dtype=np.int64)
-    for i, (sq, lb) in enumerate(zip(seqs, labels)):
+    for i, (sq, lb) in enumerate(zip(seqs, labs)):
         ids[i, : len(sq)], lab[i, : len(lb)], am[i, : len(sq)] = sq, lb, 1
     return ids, am, lab
 
 
-def pixel_values(images: np.ndarray) -> np.ndarray:
+def normalise(images: Any, mean: Any, std: Any) -> Any:
     """CLIP normalisation of `(B, H, W, 3)` uint8 images (192 px: the processor's resize/crop are identities)."""
-    x = images.astype(np.float32) / 255.0
-    return ((x - MEAN) / STD).transpose(0, 3, 1, 2)
+    return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
 
-def collate(enc: Encoder, images: np.ndarray, items: list, pad_id: int) -> tuple:
-    """Input ids, attention mask, labels and pixel values of a batch of (scene index, q, a, type) items."""
+def forward(model: Any, aux: Any, ids: Any, am: Any, pv: Any) -> tuple[Any, Any, Any]:
+    """Hidden states `(B, L, D)` of the language model, aux logits `(B, 144, sum(N_AUX))` of the visual tokens, and
+    the input `(B, L, D)` of language-model layer ``ATTN_LAYER``.
+
+    The same computation as ``LlavaForConditionalGeneration.forward`` (vision tower layer -2, CLS dropped,
+    projector, image tokens replaced by the features), written out so the visual tokens can be supervised too.
+    """
     import torch
 
-    ids, am, lab = (torch.from_numpy(x) for x in encode_all(enc, items, pad_id))
-    pv = torch.from_numpy(pixel_values(images[[it[0] for it in items]]))
-    return ids, am, lab, pv
+    cfg = model.config
+    feats = model.model.get_image_features(
+        pixel_values=pv,
+        vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+    ).pooler_output
+    feats = torch.stack(list(feats))  # (B, 144, D)
+    emb = model.get_input_embeddings()(ids)
+    mask = (ids == cfg.image_token_id).unsqueeze(-1)
+    emb = emb.masked_scatter(mask, feats.to(emb.dtype))
+    out = model.model.language_model(inputs_embeds=emb, attention_mask=am, output_hidden_states=True)
+    return out.last_hidden_state, aux(feats), out.hidden_states[ATTN_LAYER]
 
 
-def first_token_accuracy(
-    model: Any, enc: Encoder, images: np.ndarray, items: list, device: str, pad_id: int, bs: int = 256
+def attention_loss(model: Any, x: Any, ids: Any, am: Any, rows: Any, pos: Any, rel: Any) -> Any:
+    """``-log`` of the attention mass that heads ``ATTN_HEADS`` of layer ``ATTN_LAYER``, at the positions ``pos``
+    predicting an answer, put on the visual tokens of the question's objects.
+
+    Args:
+        x: `(B, L, D)` input of the layer.
+        rows, pos: `(N,)` sequence and position of each supervised query.
+        rel: `(N, len(ATTN_HEADS), 144)` bool, the patches each head should look at (rows with none are skipped).
+    """
+    import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    lm = model.model.language_model
+    layer = lm.layers[ATTN_LAYER]
+    att = layer.self_attn
+    B, L, _ = x.shape
+    hd = att.head_dim
+    xn = layer.input_layernorm(x)
+    q = att.q_proj(xn).view(B, L, -1, hd).transpose(1, 2)  # (B, H, L, hd)
+    k = att.k_proj(xn).view(B, L, -1, hd).transpose(1, 2)  # (B, Hkv, L, hd)
+    position_ids = torch.arange(L, device=x.device)[None].expand(B, L)
+    cos, sin = lm.rotary_emb(xn, position_ids)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    groups = q.shape[1] // k.shape[1]
+    img = (ids[0] == model.config.image_token_id).nonzero().squeeze(1)  # (144,) same prefix in every row
+    total, n = x.new_zeros(()), 0
+    for j, h in enumerate(ATTN_HEADS):
+        keep = rel[:, j].any(-1)
+        if not keep.any():
+            continue
+        r, p_, m = rows[keep], pos[keep], rel[keep, j]
+        scores = (q[r, h, p_, :].unsqueeze(1) * k[r, h // groups]).sum(-1) / hd**0.5  # (N, L)
+        allowed = (torch.arange(L, device=x.device)[None] <= p_[:, None]) & am[r].bool()
+        logp = scores.float().masked_fill(~allowed, float("-inf")).log_softmax(-1)[:, img]  # (N, 144)
+        total = total - logp.masked_fill(~m, float("-inf")).logsumexp(-1).sum()
+        n += int(keep.sum())
+    return total / max(n, 1)
+
+
+def losses(
+    model: Any, aux: Any, ids: Any, am: Any, lab: Any, pv: Any, tgt: Any, attn: tuple | None = None
+) -> tuple[Any, Any, Any]:
+    """Answer-token cross-entropy, the dense auxiliary cross-entropy and the attention loss (``attn`` = rows,
+    positions, relevant patches; see ``attention_loss``)."""
+    import torch.nn.functional as F
+
+    h, aux_logits, x = forward(model, aux, ids, am, pv)
+    sel = lab[:, 1:] != -100
+    logits = model.lm_head(h[:, :-1][sel])
+    lm = F.cross_entropy(logits.float(), lab[:, 1:][sel])
+    parts = aux_logits.float().split(N_AUX, dim=-1)
+    dense = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), tgt[:, i].reshape(-1)) for i, p in enumerate(parts))
+    att = attention_loss(model, x, ids, am, *attn) if attn is not None else h.new_zeros(())
+    return lm, dense / len(N_AUX), att
+
+
+def val_accuracy(
+    model: Any, aux: Any, enc: Encoder, images: Any, qsets: list, device: str, pad_id: int, bs: int = 96
 ) -> dict[str, float]:
-    """Teacher-forced check of the whole answer (all answer tokens argmax-correct), per question type."""
+    """Teacher-forced single-turn check: every answer token (and EOS) argmax-correct, per question type."""
     import torch
 
-    correct = {t: [0, 0] for t in QUESTION_TYPES}
+    mean = torch.tensor(MEAN, device=device)[None, :, None, None]
+    std = torch.tensor(STD, device=device)[None, :, None, None]
+    items = [(i, qa) for i, sets in enumerate(qsets) for qa in sets[0]]
+    ok = {t: [0, 0] for t in QUESTION_TYPES}
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(items), bs):
-            chunk = items[i : i + bs]
-            ids, am, lab, pv = (x.to(device) for x in collate(enc, images, chunk, pad_id))
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                logits = model(input_ids=ids, attention_mask=am, pixel_values=pv).logits
-            pred = logits[:, :-1].argmax(-1)
+        for s in range(0, len(items), bs):
+            chunk = items[s : s + bs]
+            seqs, labs, _ = zip(*(enc.packed([qa]) for _, qa in chunk))
+            ids, am, lab = (torch.from_numpy(x).to(device) for x in pad(list(seqs), list(labs), pad_id))
+            pv = normalise(images[[i for i, _ in chunk]], mean, std)
+            h, _, _ = forward(model, aux, ids, am, pv)
+            pred = model.lm_head(h[:, :-1]).argmax(-1)
             tgt = lab[:, 1:]
-            ok = ((pred == tgt) | (tgt == -100)).all(1)
-            for it, o in zip(chunk, ok.tolist()):
-                correct[it[3]][0] += int(o)
-                correct[it[3]][1] += 1
+            good = ((pred == tgt) | (tgt == -100)).all(1)
+            for (_, qa), g in zip(chunk, good.tolist()):
+                ok[qa[2]][0] += int(g)
+                ok[qa[2]][1] += 1
     model.train()
-    acc = {t: c / max(n, 1) for t, (c, n) in correct.items()}
-    acc["all"] = sum(c for c, _ in correct.values()) / max(1, sum(n for _, n in correct.values()))
+    acc = {t: c / max(n, 1) for t, (c, n) in ok.items()}
+    acc["all"] = sum(c for c, _ in ok.values()) / max(1, sum(n for _, n in ok.values()))
     return acc
 
 
@@ -148,51 +291,47 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m resprune.scenes.train", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--scenes", type=int, default=40_000, help="training scenes to pre-generate")
-    p.add_argument("--val-scenes", type=int, default=300)
-    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--batch", type=int, default=32, help="scenes per step (each one packed sequence)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--scenes", type=int, default=12_000, help="training scenes to pre-generate")
+    p.add_argument("--question-sets", type=int, default=3, help="question sets drawn per training scene")
+    p.add_argument("--aux-weight", type=float, default=1.0, help="dense visual-token loss weight")
+    p.add_argument("--attn-weight", type=float, default=1.0, help="attention supervision weight (0: off)")
+    p.add_argument("--val-scenes", type=int, default=150)
+    p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=str(DEFAULT_DIR))
-    p.add_argument("--vision-width", type=int, default=192)
-    p.add_argument("--vision-layers", type=int, default=6)
-    p.add_argument("--text-width", type=int, default=256)
+    p.add_argument("--vision-width", type=int, default=128)
+    p.add_argument("--vision-layers", type=int, default=4)
+    p.add_argument("--text-width", type=int, default=128)
     p.add_argument("--text-layers", type=int, default=4)
     p.add_argument(
         "--time-budget",
         type=float,
         default=0.0,
-        help="seconds of training: after 50 steps the step count is set to fit (0: use --steps)",
+        help="seconds of training: the step count is fixed from the speed of steps 20-60 (0: use --steps)",
     )
-    p.add_argument("--processor", default=None, help="load the processor from this folder instead of building it")
-    p.add_argument("--init", default=None, help="continue from the model weights in this folder")
-    p.add_argument("--no-save-processor", action="store_true", help="write only the model files")
+    p.add_argument("--init", default=None, help="start from the model in this folder instead of from scratch")
     a = p.parse_args(argv)
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     random.seed(a.seed)
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    if a.processor:
-        from transformers import LlavaProcessor
-
-        processor = LlavaProcessor.from_pretrained(a.processor, local_files_only=True)
-    else:
-        processor = build_processor()
+    processor = build_processor()
     enc = Encoder(processor)
     pad_id = processor.tokenizer.pad_token_id
-    train_imgs, train_qa = make_dataset("train", a.scenes, a.workers)
-    val_imgs, val_qa = make_dataset("val", a.val_scenes, a.workers)
-    print(
-        f"data: {len(train_qa)} train questions on {len(train_imgs)} scenes, {len(val_qa)} val; "
-        f"{time.time() - t0:.0f} s",
-        flush=True,
-    )
+    train_imgs, train_tgt, train_obj, train_q = make_dataset("train", a.scenes, a.workers, a.question_sets)
+    val_imgs, _, _, val_q = make_dataset("val", a.val_scenes, a.workers, 1)
+    n_q = sum(len(s) for sets in train_q for s in sets)
+    print(f"data: {len(train_imgs)} train scenes ({n_q} questions), {len(val_imgs)} val; {time.time() - t0:.0f} s")
 
     cfg = build_config(
         processor.tokenizer,
@@ -201,81 +340,103 @@ def main(argv: list[str] | None = None) -> int:
         text_width=a.text_width,
         text_layers=a.text_layers,
     )
-    if a.init:
+    aux = torch.nn.Linear(cfg.text_config.hidden_size, sum(N_AUX)).to(a.device)  # training-only head
+    if a.init:  # continue from a checkpoint (a second stage); the aux head restarts from zero
         model = LlavaForConditionalGeneration.from_pretrained(a.init, dtype=torch.float32).to(a.device)
+        torch.nn.init.zeros_(aux.weight)
+        torch.nn.init.zeros_(aux.bias)
     else:
         model = LlavaForConditionalGeneration(cfg).to(a.device)
     model.train()
     n_params = sum(x.numel() for x in model.parameters())
-    decay = [x for n, x in model.named_parameters() if x.dim() >= 2 and "embed" not in n]
-    no_decay = [x for n, x in model.named_parameters() if not (x.dim() >= 2 and "embed" not in n)]
+    named = list(model.named_parameters()) + [(f"aux.{n}", x) for n, x in aux.named_parameters()]
+    decay = [x for n, x in named if x.dim() >= 2 and "embed" not in n]
+    no_decay = [x for n, x in named if not (x.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.98)
     )
-    warm = max(1, a.steps // 20)
-    total_ref: list[int] = []  # filled below; the schedule reads the (possibly re-estimated) total
+    total = [a.steps]  # the time budget may reset it after 60 steps; the schedule reads it
 
     def lr_at(s: int) -> float:
-        n = total_ref[0][0] if total_ref else a.steps
-        return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / n)))
+        warm = max(1, total[0] // 25)
+        return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total[0])))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     rng = np.random.default_rng(a.seed)
-    log_rows = []
-    ema = None
-    ids_all, am_all, lab_all = (torch.from_numpy(x).to(a.device) for x in encode_all(enc, train_qa, pad_id))
-    scene_of = torch.tensor([q[0] for q in train_qa], device=a.device)
-    imgs = torch.from_numpy(train_imgs).to(a.device).permute(0, 3, 1, 2)  # (S, 3, H, W) uint8, kept on device
+    imgs = torch.from_numpy(train_imgs).to(a.device)
+    tgts = torch.from_numpy(train_tgt.astype(np.int64)).to(a.device)
+    vimgs = torch.from_numpy(val_imgs).to(a.device)
     mean = torch.tensor(MEAN, device=a.device)[None, :, None, None]
     std = torch.tensor(STD, device=a.device)[None, :, None, None]
-    total = [a.steps]
-    total_ref.append(total)
+    log_rows: list[dict] = []
+    ema = ema_aux = ema_att = None
     t_train = time.time()
-    bar = tqdm(range(10**9), desc="train", mininterval=10)
-    for step in bar:
-        if step >= total[0]:
-            break
-        if a.time_budget and step == 50:
-            t50 = time.time()
-        if a.time_budget and step == 150:  # fix the schedule's length from the speed measured after warm-up
-            per_step = (time.time() - t50) / 100
-            total[0] = max(200, 150 + int((a.time_budget - (time.time() - t_train)) / per_step))
-            print(f"{per_step * 1000:.1f} ms/step: training for {total[0]} steps", flush=True)
-        idx = torch.from_numpy(rng.integers(0, len(train_qa), a.batch)).to(a.device)
-        ids, am, lab = ids_all[idx], am_all[idx], lab_all[idx]
-        width = int(am.sum(1).max())
-        ids, am, lab = ids[:, :width], am[:, :width], lab[:, :width]
-        pv = (imgs[scene_of[idx]].float() / 255.0 - mean) / std
+    bar = tqdm(total=total[0], desc="train", mininterval=20)
+    step = 0
+    while step < total[0]:
+        if a.time_budget and step == 20:
+            t20 = time.time()
+        if a.time_budget and step == 60:  # fix the schedule's length from the measured speed
+            per_step = (time.time() - t20) / 40
+            total[0] = max(100, 60 + int((a.time_budget - (time.time() - t_train)) / per_step))
+            bar.total = total[0]
+            print(f"{per_step:.2f} s/step: training for {total[0]} steps", flush=True)
+        sc = rng.integers(0, len(train_imgs), a.batch)
+        seqs, labs, a_rows, a_pos, a_rel = [], [], [], [], []
+        for b, i in enumerate(sc):
+            qas = list(train_q[i][rng.integers(len(train_q[i]))])
+            rng.shuffle(qas)
+            s_ids, s_lab, s_pos = enc.packed(qas)
+            seqs.append(s_ids)
+            labs.append(s_lab)
+            for qa, t in zip(qas, s_pos):
+                a_rows.append(b)
+                a_pos.append(t)
+                a_rel.append([train_obj[i][list(o)].any(0) for o in qa[3:5]])
+        ids, am, lab = (torch.from_numpy(x).to(a.device) for x in pad(seqs, labs, pad_id))
+        idx = torch.from_numpy(sc).to(a.device)
+        pv = normalise(imgs[idx], mean, std)
+        attn = (
+            torch.tensor(a_rows, device=a.device),
+            torch.tensor(a_pos, device=a.device),
+            torch.from_numpy(np.array(a_rel, dtype=bool)).to(a.device),
+        )
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=a.device.startswith("cuda")):
-            loss = model(input_ids=ids, attention_mask=am, pixel_values=pv, labels=lab).loss
+            lm, dense, att = losses(model, aux, ids, am, lab, pv, tgts[idx], attn if a.attn_weight else None)
+        loss = lm + a.aux_weight * dense + a.attn_weight * att
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 25 == 0:
-            ema = float(loss.detach()) if ema is None else 0.9 * ema + 0.1 * float(loss.detach())
-            bar.set_postfix(loss=f"{ema:.4f}")
-        if (step + 1) % a.eval_every == 0 or step + 1 == total[0]:
-            acc = first_token_accuracy(model, enc, val_imgs, val_qa, a.device, pad_id)
+        step += 1
+        bar.update(1)
+        lv, dv, av = float(lm.detach()), float(dense.detach()), float(att.detach())
+        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+        ema_aux = dv if ema_aux is None else 0.95 * ema_aux + 0.05 * dv
+        ema_att = av if ema_att is None else 0.95 * ema_att + 0.05 * av
+        bar.set_postfix(loss=f"{ema:.3f}", aux=f"{ema_aux:.3f}", attn=f"{ema_att:.3f}", refresh=False)
+        if step % a.eval_every == 0 or step == total[0]:
+            acc = val_accuracy(model, aux, enc, vimgs, val_q, a.device, pad_id)
             row = {
-                "step": step + 1,
+                "step": step,
                 "loss": round(ema, 5),
+                "aux_loss": round(ema_aux, 5),
+                "attn_loss": round(ema_att, 5),
                 "lr": sched.get_last_lr()[0],
                 **{f"val_{k}": round(v, 4) for k, v in acc.items()},
                 "seconds": round(time.time() - t0, 1),
             }
             log_rows.append(row)
             print(json.dumps(row), flush=True)
-    a.steps = total[0]
+    bar.close()
 
-    model = model.to("cpu").to(torch.float16)
+    model = model.to("cpu")
     model.generation_config.pad_token_id = pad_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.bos_token_id = processor.tokenizer.bos_token_id
     model.save_pretrained(out)
-    if not a.no_save_processor:
-        processor.save_pretrained(out)
+    processor.save_pretrained(out)
     with open(out / "train_log.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(log_rows[0]))
         w.writeheader()
@@ -284,17 +445,20 @@ def main(argv: list[str] | None = None) -> int:
         "device": a.device,
         "device_name": torch.cuda.get_device_name()
         if a.device.startswith("cuda")
-        else platform.processor() or platform.machine(),
-        "steps": a.steps,
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "steps": total[0],
         "batch": a.batch,
         "lr": a.lr,
         "seed": a.seed,
         "train_scenes": a.scenes,
-        "train_questions": len(train_qa),
+        "question_sets": a.question_sets,
+        "train_questions": n_q,
+        "aux_weight": a.aux_weight,
+        "attn_weight": a.attn_weight,
         "parameters": n_params,
         "wall_seconds": round(time.time() - t0, 1),
         "torch": torch.__version__,
-        "command": "python -m resprune.scenes.train " + " ".join(argv or []),
+        "command": "python -m resprune.scenes.train " + " ".join(argv if argv is not None else os.sys.argv[1:]),
     }
     (out / "training.json").write_text(json.dumps(meta, indent=1))
     _plot(log_rows, out / "learning_curve.png")
@@ -310,9 +474,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     FigureCanvasAgg(fig)
     a1, a2 = fig.subplots(1, 2)
     steps = [r["step"] for r in rows]
-    a1.plot(steps, [r["loss"] for r in rows], color="#0072B2")
+    a1.plot(steps, [r["loss"] for r in rows], color="#0072B2", label="answer tokens")
+    a1.plot(steps, [r["aux_loss"] for r in rows], color="#E69F00", label="visual tokens (aux)")
+    a1.plot(steps, [r["attn_loss"] for r in rows], color="#009E73", label="attention to the objects")
     a1.set_yscale("log")
     a1.set(xlabel="step", title="training loss (EMA)")
+    a1.legend(fontsize=8)
     for t, c in zip(("all", *QUESTION_TYPES), ("#000000", "#E69F00", "#56B4E9", "#009E73", "#CC79A7", "#D55E00")):
         a2.plot(steps, [100 * r[f"val_{t}"] for r in rows], label=t, color=c, lw=2 if t == "all" else 1)
     a2.set(xlabel="step", ylabel="%", title="validation answer accuracy (teacher-forced)")
