@@ -26,13 +26,10 @@ PRESETS: dict[str, Preset] = {
     "llava-interleave-0.5b": Preset(
         "llava-hf/llava-interleave-qwen-0.5b-hf", "LLaVA (Qwen2-0.5B LLM), ~1.8 GB download, CPU-friendly"
     ),
-    "llava-next-7b": Preset(
-        "llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-NeXT-7B, ~14 GB download, GPU; adapter not wired yet"
-    ),
-    "qwen2.5-vl-7b": Preset(
-        "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL-7B, ~16 GB download, GPU; adapter not wired yet"
-    ),
-    "qwen2.5-vl-3b": Preset("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-3B, ~7.5 GB download; adapter not wired yet"),
+    "llava-next-7b": Preset("llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-NeXT-7B (Vicuna), ~14 GB download, GPU"),
+    "llava-next-mistral-7b": Preset("llava-hf/llava-v1.6-mistral-7b-hf", "LLaVA-NeXT-7B (Mistral), ~15 GB, GPU"),
+    "qwen2.5-vl-7b": Preset("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL-7B, ~16 GB download, GPU"),
+    "qwen2.5-vl-3b": Preset("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-3B, ~7.5 GB download, the smallest Qwen2.5-VL"),
 }
 
 
@@ -55,17 +52,23 @@ def load_model(name_or_id: str, *, dtype: Any = None, device: str | None = None)
     target = PRESETS[name_or_id].hub_id if name_or_id in PRESETS else name_or_id
     try:
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         local = os.path.isdir(target)
         kw: dict[str, Any] = {"local_files_only": local or os.environ.get("HF_HUB_OFFLINE") == "1"}
+        config = AutoConfig.from_pretrained(target, trust_remote_code=False, **kw)
         model = AutoModelForImageTextToText.from_pretrained(
             target,
             dtype=dtype or (torch.float16 if torch.cuda.is_available() else torch.float32),
             trust_remote_code=False,
             **kw,
         )
-        processor = AutoProcessor.from_pretrained(target, trust_remote_code=False, backend="pil", **kw)
+        if config.model_type == "qwen2_5_vl":  # AutoProcessor needs torchvision for Qwen's video processor
+            from .processors import QwenImageProcessor
+
+            processor = QwenImageProcessor.from_pretrained(target, **kw)
+        else:
+            processor = AutoProcessor.from_pretrained(target, trust_remote_code=False, backend="pil", **kw)
     except Exception as e:  # noqa: BLE001 - one clear message instead of a stack of hub/network frames
         raise ModelLoadError(
             f"could not load model {name_or_id!r} ({target}): {type(e).__name__}: {str(e).splitlines()[0][:300]}. "

@@ -6,8 +6,10 @@ N visual tokens of each image, gather the kept positions, and hand ``inputs_embe
 ``position_ids`` when the original positions are kept) to the UNMODIFIED ``model.generate``. No hooks, nothing
 stored on the model.
 
-Supported classes (``ADAPTERS``): ``LlavaForConditionalGeneration`` (LLaVA-1.5 and the project's offline model).
-LLaVA-NeXT and Qwen2.5-VL are not wired yet; they raise the unsupported-model error listing what is supported.
+Supported classes (``ADAPTERS``, one adapter per family in ``resprune.adapters``): ``LlavaForConditionalGeneration``
+(LLaVA-1.5 and the project's offline model), ``LlavaNextForConditionalGeneration`` and
+``Qwen2_5_VLForConditionalGeneration`` (original 3-D M-RoPE positions kept). Other classes raise an error listing
+them.
 """
 
 from __future__ import annotations
@@ -20,56 +22,22 @@ from typing import Any
 import torch
 
 from ._checks import check_keep
+from .adapters import ADAPTERS, adapter_for, clip_cls_attention, llava_geometry
 from .registry import get_method, method_info, register
-from .selection import _finish
+from .selection import _finish, residual_curve
 from .text import extract_keywords
-from .types import VIEW_BASE, PruneResult, Selection, TokenGeometry
+from .types import VIEW_NEWLINE, PruneResult, Selection
 
-ADAPTERS = ("LlavaForConditionalGeneration",)
+__all__ = ["ADAPTERS", "answer", "count_visual_tokens", "llava_geometry", "prune"]
 
-
-def _check_model(model: Any) -> None:
-    name = type(model).__name__
-    if name not in ADAPTERS:
-        raise ValueError(f"model: unsupported model class {name!r}; supported: {', '.join(ADAPTERS)}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Model internals offered to the selection methods
+NEWLINE_POLICIES = ("drop", "keep", "prune")
 
 
 @torch.no_grad()
 def cls_attention(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """[CLS]→patch attention (mean over heads) in the CLIP layer whose output LLaVA takes (``vision_feature_layer``).
-
-    Recomputed from that layer's ``layer_norm1`` / ``q_proj`` / ``k_proj`` on its input hidden states, so the
-    vision tower runs with whatever attention kernel it has (SDPA stays on).
-
-    Returns:
-        `(B, N)` float32, one row per image, over the patch tokens (CLS excluded).
-    """
-    tower = model.model.vision_tower
-    cfg = model.config
-    layer_idx = cfg.vision_feature_layer
-    if not isinstance(layer_idx, int):
-        layer_idx = layer_idx[-1]
-    out = tower(pixel_values.to(tower.dtype), output_hidden_states=True)
-    hs = out.hidden_states  # (layers + 1) x (B, 1 + N, C); hidden_states[i] is the input of layer i
-    n_layers = len(hs) - 1
-    produce = (layer_idx % (n_layers + 1)) - 1  # the layer whose output is hidden_states[layer_idx]
-    if produce < 0:
-        raise ValueError(f"vision_feature_layer={layer_idx} selects the embeddings; there is no attention there")
-    encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
-    layer = encoder.layers[produce]
-    h = layer.layer_norm1(hs[produce])
-    attn = layer.self_attn
-    b, t, c = h.shape
-    heads = attn.num_heads
-    q = attn.q_proj(h).view(b, t, heads, -1).transpose(1, 2)  # (B, H, T, c/H)
-    k = attn.k_proj(h).view(b, t, heads, -1).transpose(1, 2)
-    scores = (q[:, :, :1] @ k.transpose(-1, -2)) * attn.scale  # (B, H, 1, T)
-    probs = scores.float().softmax(-1).mean(1)[:, 0]  # (B, T)
-    return probs[:, 1:]
+    """[CLS]->patch attention `(B, N)` of a LLaVA-1.5 model's feature layer (see ``adapters.clip_cls_attention``)."""
+    layer = model.config.vision_feature_layer
+    return clip_cls_attention(model.model.vision_tower, pixel_values, layer if isinstance(layer, int) else layer[-1])
 
 
 @register(
@@ -82,7 +50,7 @@ def cls_attention(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
 def select_cls(
     tokens: torch.Tensor, keep: int, *, query: torch.Tensor | None = None, cls_attention: torch.Tensor | None = None
 ) -> Selection:
-    """Top-K tokens by [CLS]→patch attention (FasterVLM-style; VisPruner's "important" tokens); ties by index."""
+    """Top-K tokens by [CLS]->patch attention (FasterVLM-style; VisPruner's "important" tokens); ties by index."""
     from ._checks import check_query, check_tokens
 
     v = check_tokens(tokens)
@@ -98,52 +66,6 @@ def select_cls(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Geometry
-
-
-def _field(d: Any, key: str) -> Any:
-    v = d.get(key) if isinstance(d, dict) else getattr(d, key, None)
-    return int(v) if v is not None else None
-
-
-def llava_geometry(processor: Any, image_size: tuple[int, int], n_tokens: int) -> TokenGeometry:
-    """Pixel box of every visual token of a CLIP-processed image (shortest-edge resize, centre crop, no pad).
-
-    Args:
-        processor: the ``LlavaProcessor`` (its image processor's ``size``/``crop_size``).
-        image_size: ``(width, height)`` of the original image.
-        n_tokens: N visual tokens (a square grid).
-    """
-    ip = processor.image_processor
-    w, h = image_size
-    side = int(round(n_tokens**0.5))
-    if side * side != n_tokens:
-        raise ValueError(f"LLaVA expects a square token grid, got N={n_tokens}")
-    size = _field(ip.size, "shortest_edge")
-    crop = ip.crop_size if getattr(ip, "do_center_crop", True) else None
-    if size is None:  # fixed (height, width) resize
-        new_h, new_w = _field(ip.size, "height"), _field(ip.size, "width")
-    else:
-        short, long_ = (w, h) if w <= h else (h, w)
-        ns, nl = int(size), int(size * long_ / short)
-        new_w, new_h = (ns, nl) if w <= h else (nl, ns)
-    if crop is not None and _field(crop, "height"):
-        ch, cw = _field(crop, "height"), _field(crop, "width")
-        top, left = (new_h - ch) // 2, (new_w - cw) // 2
-    else:
-        ch, cw, top, left = new_h, new_w, 0, 0
-    sx, sy = w / new_w, h / new_h
-    idx = torch.arange(n_tokens)
-    row, col = idx // side, idx % side
-    ph, pw = ch / side, cw / side
-    box = torch.stack(
-        [(left + col * pw) * sx, (top + row * ph) * sy, (left + (col + 1) * pw) * sx, (top + (row + 1) * ph) * sy],
-        dim=1,
-    ).float()
-    return TokenGeometry(torch.full((n_tokens,), VIEW_BASE), row, col, box, (w, h), {VIEW_BASE: (side, side)})
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # prune / answer
 
 
@@ -154,9 +76,9 @@ def query_embeddings(model: Any, tokenizer: Any, prompt: str | None) -> tuple[tu
     words = extract_keywords(prompt).words
     ids: list[int] = []
     used = []
+    special = set(tokenizer.all_special_ids or [])
     for w in words:
-        t = tokenizer(w, add_special_tokens=False)["input_ids"]
-        t = [i for i in t if i not in (tokenizer.all_special_ids or [])]
+        t = [i for i in tokenizer(w, add_special_tokens=False)["input_ids"] if i not in special]
         if t:
             ids += t
             used.append(w)
@@ -165,6 +87,51 @@ def query_embeddings(model: Any, tokenizer: Any, prompt: str | None) -> tuple[tu
     emb = model.get_input_embeddings()
     q = emb(torch.tensor(ids, device=emb.weight.device)).detach().float().cpu()  # (Q, D)
     return tuple(used), q
+
+
+def _candidates(view: torch.Tensor, k: int, newlines: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Indices the method chooses among, indices always kept, and how many the method picks (K in all)."""
+    n = view.numel()
+    is_nl = view == VIEW_NEWLINE
+    n_nl = int(is_nl.sum())
+    everything = torch.arange(n)
+    if k >= n or n_nl == 0 or newlines == "prune":
+        return everything, everything[:0], min(k, n)
+    content, nl = everything[~is_nl], everything[is_nl]
+    if newlines == "keep":
+        if k <= n_nl:
+            raise ValueError(
+                f"keep={k} is not more than the {n_nl} image_newline tokens that newlines='keep' always keeps; "
+                "use a larger keep or newlines='drop'"
+            )
+        return content, nl, k - n_nl
+    # "drop": newlines only fill a budget larger than the content tokens (top rows first)
+    if k >= content.numel():
+        return content, nl[: k - content.numel()], content.numel()
+    return content, nl[:0], k
+
+
+def _widen(sel: Selection, tokens: torch.Tensor, cand: torch.Tensor, forced: torch.Tensor, note: str) -> Selection:
+    """A selection over the candidates ``cand`` restated over all N tokens (plus the ``forced`` ones)."""
+    n = tokens.shape[0]
+    order = torch.cat([cand[sel.order.cpu()], forced])
+    nan = torch.full((forced.numel(),), float("nan"))
+    rel = None
+    if sel.relevance is not None:
+        rel = torch.zeros(n)
+        rel[cand] = sel.relevance.cpu().float()
+    return Selection(
+        keep_idx=order.sort().values,
+        order=order,
+        gain=torch.cat([sel.gain.cpu().float(), nan]),
+        residual=residual_curve(tokens, order).float(),
+        method=sel.method,
+        n_tokens=n,
+        energy=None if sel.energy is None else torch.cat([sel.energy.cpu().float(), nan]),
+        relevance=rel,
+        params=sel.params,
+        notes=(*sel.notes, note),
+    )
 
 
 @torch.no_grad()
@@ -177,36 +144,56 @@ def prune(
     processor: Any = None,
     prompt: str | None = None,
     image_sizes: list[tuple[int, int]] | None = None,
-    positions: str = "compact",
+    positions: str | None = None,
+    newlines: str = "drop",
     **hparams: Any,
 ) -> PruneResult:
     """Select ``keep`` visual tokens per image and return the kwargs for the unmodified ``model.generate``.
 
     Args:
         model: a supported transformers LVLM (see ``ADAPTERS``).
-        inputs: what the model's processor returned (``input_ids``, ``attention_mask``, ``pixel_values``).
+        inputs: what the model's processor returned (``input_ids``, ``attention_mask``, ``pixel_values``, and
+            ``image_sizes`` for LLaVA-NeXT / ``image_grid_thw`` for Qwen2.5-VL).
         method: a registered method name.
-        keep: K visual tokens per image (``keep >= N`` keeps all, with a warning).
-        processor: the processor, for the query words' tokens and the token geometry.
+        keep: K, the visual tokens per image that reach the LLM (``keep >= N`` keeps all, with a warning).
+        processor: the processor, for the query words' tokens and the LLaVA token geometry.
         prompt: the user's instruction (its nouns form the text query); None = no text query.
-        image_sizes: ``(width, height)`` of each original image, for the pixel boxes (default: the processed size).
-        positions: ``"compact"`` (renumber 0..L'-1, the default) or ``"original"`` (keep the gapped positions).
+        image_sizes: ``(width, height)`` of each original image, for the pixel boxes (default: what the inputs
+            say: LLaVA-NeXT's ``image_sizes``, else the processed size).
+        positions: ``"compact"`` (renumber 0..L'-1) or ``"original"`` (keep the original, gapped positions).
+            Default: ``"compact"`` for the LLaVA family; Qwen2.5-VL always keeps its original M-RoPE positions.
+        newlines: LLaVA-NeXT ``image_newline`` tokens (one per high-res row, all the same learned vector):
+            ``"drop"`` (default: the method chooses among the image tokens only, newlines are removed),
+            ``"keep"`` (all kept, counted in K, the method picks K - H'), or ``"prune"`` (candidates like any
+            token). Ignored by families without newlines.
         **hparams: the method's hyperparameters.
 
     Returns:
-        A ``PruneResult``.
+        A ``PruneResult``; with LLaVA-NeXT its selections and geometry index all N tokens of an image
+        (base, high-res and newline), in placeholder order.
     """
-    _check_model(model)
+    adapter = adapter_for(model)
     info = method_info(method)
     fn = get_method(method)
-    if positions not in ("compact", "original"):
-        raise ValueError(f"positions must be 'compact' or 'original', got {positions!r}")
+    if positions is None:
+        positions = adapter.positions[0]
+    if positions not in adapter.positions:
+        allowed = " or ".join(repr(p) for p in adapter.positions)
+        raise ValueError(f"positions must be {allowed} for {type(model).__name__}, got {positions!r}")
+    if newlines not in NEWLINE_POLICIES:
+        raise ValueError(f"newlines must be one of {NEWLINE_POLICIES}, got {newlines!r}")
+    if info.requires and "cls_attention" in info.requires and not adapter.has_cls:
+        adapter.cls_attention(model, inputs)  # raises: no [CLS]
+    if method == "resprune" and hparams.get("seed") == "prior" and "seed_prior" not in hparams and not adapter.has_cls:
+        raise ValueError(
+            f"seed='prior' needs [CLS] attention, but {type(model).__name__}'s vision tower has no [CLS] token; "
+            "use seed='max_norm' or pass seed_prior"
+        )
     input_ids, pv = inputs["input_ids"], inputs.get("pixel_values")
     am = inputs.get("attention_mask")
     if am is None:
         am = torch.ones_like(input_ids)
-    image_token = model.config.image_token_id
-    image_mask = input_ids == image_token  # (B, L)
+    image_mask = input_ids == model.config.image_token_id  # (B, L)
     n_placeholders = int(image_mask.sum())
     if pv is None:
         if n_placeholders:
@@ -214,48 +201,62 @@ def prune(
         raise ValueError("inputs: no image (no pixel_values and no image placeholder in the prompt)")
     if n_placeholders == 0:
         raise ValueError("inputs: the prompt has no image placeholder token; add the image to the chat message")
-    dev = model.device
-    feats = model.model.get_image_features(pixel_values=pv.to(dev), return_dict=True).pooler_output
-    feats = list(feats) if not torch.is_tensor(feats) else list(feats.unbind(0))
+    adapter.check_inputs(inputs)
+    images = adapter.images(model, processor, inputs, image_sizes)
     b = input_ids.shape[0]
-    n_img = len(feats)
-    per_img = feats[0].shape[0]
-    if n_placeholders != n_img * per_img:
+    counts = [im.tokens.shape[0] for im in images]
+    if n_placeholders != sum(counts):
         raise ValueError(
             f"inputs: the prompt has {n_placeholders} image placeholder tokens but the images give "
-            f"{n_img} x {per_img} = {n_img * per_img} features (one placeholder per image?)"
+            f"{' + '.join(map(str, counts)) if len(counts) > 1 else counts[0]} = {sum(counts)} features "
+            f"({len(counts)} image(s); one placeholder per image?)"
         )
-    if n_img != b:
-        raise ValueError(f"inputs: {n_img} images for a batch of {b}; one image per sample is supported")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        k = check_keep(keep, per_img)
-    if isinstance(keep, int) and not isinstance(keep, bool) and keep >= per_img:
-        warnings.warn(f"keep={keep} >= N={per_img} visual tokens: every token is kept", stacklevel=2)
+    if len(images) != b:
+        raise ValueError(f"inputs: {len(images)} images for a batch of {b}; one image per sample is supported")
+    per_row = image_mask.sum(1).tolist()
+    if per_row != counts:
+        raise ValueError(f"inputs: image placeholders per sample {per_row} do not match the images' tokens {counts}")
+    if isinstance(keep, int) and not isinstance(keep, bool) and keep >= max(counts):
+        warnings.warn(f"keep={keep} >= N={max(counts)} visual tokens: every token is kept", stacklevel=3)
 
+    dev = model.device
     cls_att = None
     wants_cls = "cls_attention" in info.requires or (
-        method == "resprune" and hparams.get("seed", "auto") in ("auto", "prior") and "seed_prior" not in hparams
+        method == "resprune"
+        and adapter.has_cls
+        and hparams.get("seed", "auto") in ("auto", "prior")
+        and "seed_prior" not in hparams
     )
     if wants_cls:
-        cls_att = cls_attention(model, pv.to(dev)).cpu()  # (B, N)
+        cls_att = adapter.cls_attention(model, inputs)
     tokenizer = getattr(processor, "tokenizer", processor)
     words, query = query_embeddings(model, tokenizer, prompt)
 
     embeds = model.get_input_embeddings()(input_ids.to(dev))  # (B, L, D)
-    vis_all = torch.cat(feats).to(embeds.dtype)
+    vis_all = torch.cat([im.tokens for im in images]).to(embeds.dtype)
     embeds = embeds.masked_scatter(image_mask.to(dev)[..., None], vis_all)
-    selections, geometry, keeps, tokens_out = [], [], [], []
+    selections, keeps, tokens_out, ks = [], [], [], []
     t_sel = 0.0
-    for i in range(b):
-        vis = feats[i].detach().float().cpu()  # (N, D)
+    for i, im in enumerate(images):
+        vis = im.tokens.detach().float().cpu()  # (N, D)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            k = check_keep(keep, vis.shape[0])
+        ks.append(k)
+        cand, forced, k_sel = _candidates(im.view, k, newlines)
+        whole = cand.numel() == vis.shape[0]
         kw = dict(hparams)
         if "cls_attention" in info.requires:
-            kw["cls_attention"] = cls_att[i]
+            kw["cls_attention"] = cls_att[i][cand]
         elif method == "resprune" and cls_att is not None:
-            kw["seed_prior"] = cls_att[i]
+            kw["seed_prior"] = cls_att[i][cand]
         t0 = time.perf_counter()
-        sel = fn(vis, k, query=query if info.text_aware else None, **kw)
+        with warnings.catch_warnings():
+            if not whole:  # "all the image tokens" is the policy here, not a budget mistake
+                warnings.simplefilter("ignore")
+            sel = fn(vis if whole else vis[cand], k_sel, query=query if info.text_aware else None, **kw)
+        if not whole or forced.numel():
+            sel = _widen(sel, vis, cand, forced, f"LLaVA-NeXT newlines={newlines!r}: {forced.numel()} forced")
         t_sel += time.perf_counter() - t0
         selections.append(sel)
         tokens_out.append(vis)
@@ -264,38 +265,35 @@ def prune(
         keep_mask[pos[sel.keep_idx.cpu()]] = True
         keep_mask &= am[i].bool() | image_mask[i]
         keeps.append(keep_mask.nonzero().squeeze(-1))
-        size = image_sizes[i] if image_sizes else (pv.shape[-1], pv.shape[-2])
-        if processor is not None and hasattr(processor, "image_processor"):
-            geometry.append(llava_geometry(processor, size, per_img))
     # re-pad on the left so that every row has the same length
     lmax = max(x.numel() for x in keeps)
     new_e = embeds.new_zeros(b, lmax, embeds.shape[-1])
     new_am = torch.zeros(b, lmax, dtype=am.dtype)
-    new_pos = torch.zeros(b, lmax, dtype=torch.long)
     for i, kp in enumerate(keeps):
         n = kp.numel()
         new_e[i, lmax - n :] = embeds[i, kp.to(dev)]
         new_am[i, lmax - n :] = 1
-        new_pos[i, lmax - n :] = kp - kp[0] if positions == "original" else torch.arange(n)
     gen = {"inputs_embeds": new_e, "attention_mask": new_am.to(dev)}
-    if positions == "original":
-        gen["position_ids"] = new_pos.to(dev)
+    pos_ids = adapter.position_ids(model, inputs, keeps, lmax, positions)
+    if pos_ids is not None:
+        gen["position_ids"] = pos_ids.to(dev)
     stats = {
-        "visual_tokens_before": per_img * b,
+        "visual_tokens_before": sum(counts),
         "visual_tokens_after": sum(s.keep for s in selections),
         "seq_len_before": int(am.sum(1).max()),
         "seq_len_after": lmax,
         "selection_seconds": t_sel,
     }
+    geometry = tuple(im.geometry for im in images if im.geometry is not None)
     return PruneResult(
         gen,
         tuple(selections),
-        tuple(geometry),
+        geometry,
         (words,) * b,
         (query,) * b,
         stats,
         method,
-        dict(hparams, keep=k, positions=positions),
+        dict(hparams, keep=ks[0] if len(set(ks)) == 1 else tuple(ks), positions=positions, newlines=newlines),
         tuple(tokens_out),
     )
 
@@ -316,7 +314,7 @@ def _inputs(processor: Any, image: Any, prompt: str) -> Any:
 
 def count_visual_tokens(model: Any, processor: Any, image: Any, prompt: str) -> int:
     """N: the visual tokens the model makes of ``image`` (from the processor's placeholder expansion)."""
-    _check_model(model)
+    adapter_for(model)
     _, inputs = _inputs(processor, image, prompt)
     return int((inputs["input_ids"] == model.config.image_token_id).sum())
 

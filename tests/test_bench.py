@@ -43,3 +43,39 @@ def test_confidence_intervals():
     assert p == 0 and lo == 0 and 0 < hi < 0.35
     m, lo, hi = bench_scenes.mean_ci([1.0, 1.0, float("nan")])
     assert (m, lo, hi) == (1.0, 1.0, 1.0)
+
+
+def test_prefill_bench_small(capsys):
+    from resprune.bench import prefill
+
+    model = prefill.build(layers=1, hidden=64, heads=4, ffn=128, vocab=500)
+    summary = prefill.run(keeps=(576, 64), repeats=1, model=model)
+    rows = {r["keep"]: r for r in summary["rows"]}
+    assert set(rows) == {576, 64} and summary["setup"]["visual_tokens"] == 576
+    assert rows[576]["seq_len"] - rows[64]["seq_len"] == 512 and rows[576]["speedup"] == 1.0
+    assert rows[64]["flops_bound"] > 1 and rows[64]["kv_bytes"] < rows[576]["kv_bytes"]
+    assert rows[64]["kv_bytes"] * rows[576]["seq_len"] == rows[576]["kv_bytes"] * rows[64]["seq_len"]
+    assert rows[64]["selection_s"] > 0 and rows[576]["selection_s"] == 0
+    table = prefill.format_table(summary)
+    assert "| 64 | " in table and "1 of 32 layers" in table
+    assert (
+        dispatch.main(
+            [
+                "prefill",
+                "--layers",
+                "1",
+                "--hidden",
+                "64",
+                "--heads",
+                "4",
+                "--ffn",
+                "128",
+                "--keep",
+                "32",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert "| 32 |" in capsys.readouterr().out

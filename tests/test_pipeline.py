@@ -198,13 +198,18 @@ def test_bad_inputs(tiny_llava):
     with pytest.raises(ValueError, match="no image placeholder"):
         prune(model, text_only, "resprune", 8)
     two = dict(inputs, pixel_values=torch.cat([inputs["pixel_values"]] * 2))
-    with pytest.raises(ValueError, match="64 image placeholder tokens but the images give 2 x 64"):
+    msg = r"64 image placeholder tokens but the images give 64 \+ 64 = 128 features \(2 image"
+    with pytest.raises(ValueError, match=msg):
         prune(model, two, "resprune", 8)
     with pytest.raises(ValueError, match="unknown method 'nope'; available"):
         prune(model, inputs, "nope", 8)
     with pytest.raises(ValueError, match="keep=0"):
         prune(model, inputs, "resprune", 0)
-    with pytest.raises(ValueError, match="unsupported model class 'Linear'; supported: LlavaForConditionalGeneration"):
+    with pytest.raises(
+        ValueError,
+        match="unsupported model class 'Linear'; supported: LlavaForConditionalGeneration, "
+        "LlavaNextForConditionalGeneration, Qwen2_5_VLForConditionalGeneration",
+    ):
         prune(torch.nn.Linear(2, 2), inputs, "resprune", 8)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")

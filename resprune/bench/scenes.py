@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +58,8 @@ def normalise(answer: str) -> str:
 
 
 def run(
-    n_questions: int = 300, methods: list[str] | None = None, fractions: tuple[float, ...] = FRACTIONS, log=None
-) -> dict:  # noqa: ANN001
+    n_questions: int = 300, methods: list[str] | None = None, fractions: tuple[float, ...] = FRACTIONS, log: Any = None
+) -> dict:
     import torch
 
     import resprune

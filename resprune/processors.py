@@ -1,0 +1,55 @@
+"""Processors that build without torchvision.
+
+transformers' ``Qwen2_5_VLProcessor`` cannot be constructed (or loaded with ``AutoProcessor``) when torchvision is
+missing, even for images only: its argument check reaches the video-processor registry, which is a dummy without
+torchvision. ``QwenImageProcessor`` is the same processor for images only: ``ProcessorMixin`` reads the attributes
+from the ``__init__`` signature, which here has no ``video_processor``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import ProcessorMixin
+from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+
+
+class QwenImageProcessor(Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` for images only (no video processor, so no torchvision needed)."""
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None) -> None:
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = getattr(tokenizer, "image_token_id", None) or tokenizer.convert_tokens_to_ids(
+            self.image_token
+        )
+        self.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(
+            self.video_token
+        )
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> QwenImageProcessor:  # type: ignore[override]
+        """Load the image processor (PIL backend) and the tokenizer of a Qwen2.5-VL checkpoint separately."""
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        kwargs.pop("backend", None)
+        kwargs.pop("trust_remote_code", None)
+        ip = AutoImageProcessor.from_pretrained(path, backend="pil", **kwargs)
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        return cls(ip, tok, chat_template=getattr(tok, "chat_template", None) or _chat_template(path, **kwargs))
+
+
+def _chat_template(path: str | Path, **kwargs: Any) -> str | None:
+    """The checkpoint's ``chat_template.jinja`` (or the ``chat_template`` of ``chat_template.json``), if any."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        f = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False, **kwargs)
+        if f:
+            text = Path(f).read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None

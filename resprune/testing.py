@@ -1,0 +1,203 @@
+"""Tiny random-weight models of every supported family, built from transformers config classes (no download).
+
+They have the real model classes, processors and token layouts at a small scale, for tests and for trying the
+adapters without a checkpoint::
+
+    model, processor = resprune.testing.tiny_model("qwen2_5_vl")
+
+``sensitive=True`` (the default) scales the language model's weights so that logits depend visibly on positions
+and masks: with the default initialisation a wrong position id changes the logits by ~1e-3 only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+FAMILIES = ("llava", "llava_next", "qwen2_5_vl")
+
+QWEN_SPECIAL = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _text_config(vocab: int, pad: int, **extra: Any) -> dict[str, Any]:
+    return dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=pad,
+        **extra,
+    )
+
+
+def _clip(image_size: int, patch: int) -> Any:
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch,
+    )
+
+
+def _sensitise(model: Any) -> Any:
+    with torch.no_grad():
+        for n, p in model.get_decoder().named_parameters():
+            if p.dim() == 2 and "embed" not in n:
+                p.mul_(10)
+    return model
+
+
+def qwen_tokenizer() -> Any:
+    """A ``Qwen2Tokenizer`` from an in-memory byte-level BPE with Qwen's special tokens."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    from .scenes.model import _corpus
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(
+        _corpus(),
+        trainers.BpeTrainer(
+            vocab_size=500,
+            special_tokens=list(QWEN_SPECIAL),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    m = json.loads(tok.to_str())["model"]
+    qt = Qwen2Tokenizer(vocab=m["vocab"], merges=[tuple(x) for x in m["merges"]])
+    qt.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL], special_tokens=True)
+    return qt
+
+
+def tiny_model(family: str, *, sensitive: bool = True, seed: int = 0) -> tuple[Any, Any]:
+    """``(model, processor)`` of ``family`` (one of ``FAMILIES``) with random weights, in eval mode.
+
+    - ``llava``: CLIP 64 px / 8 px patches: 64 visual tokens.
+    - ``llava_next``: CLIP 56 px / 14 px: 16 tokens per crop, pinpoints (56, 112), (112, 56), (112, 112): a
+      640 x 480 image gives 16 base + 8 x 8 hi-res - padding rows + one newline per row.
+    - ``qwen2_5_vl``: 14 px patches, 2 x 2 merge, at most 64 merged tokens per image.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    torch.manual_seed(seed)
+    if family == "qwen2_5_vl":
+        return _tiny_qwen(sensitive)
+    from transformers import LlamaConfig
+
+    from .scenes.model import CHAT_TEMPLATE, build_tokenizer
+
+    tok = build_tokenizer()
+    image_token = tok.convert_tokens_to_ids("<image>")
+    text = LlamaConfig(**_text_config(len(tok), tok.pad_token_id))
+    if family == "llava":
+        from transformers import (
+            CLIPImageProcessorPil,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+        )
+
+        cfg = LlavaConfig(vision_config=_clip(64, 8), text_config=text, image_token_id=image_token)
+        model = LlavaForConditionalGeneration(cfg)
+        ip = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+        proc = LlavaProcessor(
+            image_processor=ip,
+            tokenizer=tok,
+            patch_size=8,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=CHAT_TEMPLATE,
+        )
+    else:
+        from transformers import (
+            LlavaNextConfig,
+            LlavaNextForConditionalGeneration,
+            LlavaNextImageProcessorPil,
+            LlavaNextProcessor,
+        )
+
+        pins = [[56, 112], [112, 56], [112, 112]]
+        cfg = LlavaNextConfig(
+            vision_config=_clip(56, 14), text_config=text, image_token_id=image_token, image_grid_pinpoints=pins
+        )
+        model = LlavaNextForConditionalGeneration(cfg)
+        with torch.no_grad():  # the newline parameter starts at zero-mean noise; make it a distinct vector
+            model.model.image_newline.normal_(0, 1)
+        ip = LlavaNextImageProcessorPil(
+            size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=pins
+        )
+        proc = LlavaNextProcessor(
+            image_processor=ip,
+            tokenizer=tok,
+            patch_size=14,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=CHAT_TEMPLATE,
+        )
+    model.eval()
+    return (_sensitise(model) if sensitive else model), proc
+
+
+def _tiny_qwen(sensitive: bool) -> tuple[Any, Any]:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    from .processors import QwenImageProcessor
+
+    tok = qwen_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    cfg = Qwen2_5_VLConfig(
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        ),
+        text_config=_text_config(
+            len(tok),
+            ids["<|endoftext|>"],
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.bos_token_id = ids["<|endoftext|>"]
+    ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+    proc = QwenImageProcessor(ip, tok, chat_template=QWEN_TEMPLATE)
+    return (_sensitise(model) if sensitive else model), proc
