@@ -5,6 +5,7 @@ Checks invariants, not pixels, except for one rendered overlay whose kept box mu
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 import sys
@@ -513,3 +514,103 @@ def test_no_pyplot_in_viz_sources():
 
     for path in (ROOT / "viz").glob("*.py"):
         assert not re.search(r"import\s+matplotlib\.pyplot|from\s+matplotlib\s+import\s+pyplot", path.read_text()), path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real token geometry from the adapters (tiny random-weight LLaVA-NeXT and Qwen2.5-VL, resprune.testing)
+
+
+@pytest.fixture(scope="module")
+def real_results():
+    """``{family: (image, PruneResult)}`` from ``resprune.prune`` on tiny models: LLaVA-NeXT on a 640 x 480 image
+    (base view + 6 x 8 hi-res grid + newlines) and Qwen2.5-VL on an odd-sized 333 x 127 image."""
+    from resprune.pipeline import chat_prompt, prune
+    from resprune.testing import tiny_model
+
+    out = {}
+    for name, size in (("llava_next", (640, 480)), ("qwen2_5_vl", (333, 127))):
+        model, proc = tiny_model(name)
+        rng = np.random.default_rng(1)
+        image = Image.fromarray((rng.random((size[1], size[0], 3)) * 155 + 100).astype(np.uint8))
+        inputs = proc(images=image, text=chat_prompt(proc, "Where is the red circle?"), return_tensors="pt")
+        res = prune(
+            model,
+            inputs,
+            "resprune",
+            9,
+            processor=proc,
+            prompt="Where is the red circle?",
+            image_sizes=[image.size],
+            newlines="keep" if name == "llava_next" else "drop",
+        )
+        out[name] = (image, res)
+    return out
+
+
+def _one_token(res: PruneResult, i: int) -> PruneResult:
+    sel = Selection(
+        torch.tensor([i]),
+        torch.tensor([i]),
+        torch.ones(1),
+        torch.tensor([1.0, 0.5]),
+        "manual",
+        res.selections[0].n_tokens,
+    )
+    return dataclasses.replace(res, selections=(sel,))
+
+
+def test_real_qwen_token_highlights_exactly_its_box(real_results):
+    image, res = real_results["qwen2_5_vl"]
+    geom = res.geometry[0]
+    rows, cols = geom.grids[VIEW_BASE]
+    i = (rows // 2) * cols + cols // 2  # a token in the middle of the merged grid
+    # token i covers merged patch (row, col) = (i // cols, i % cols), 28 resized px each, scaled to the image
+    sx, sy = image.size[0] / (cols * 28), image.size[1] / (rows * 28)
+    r, c = divmod(i, cols)
+    torch.testing.assert_close(
+        geom.box[i], torch.tensor([c * 28 * sx, r * 28 * sy, (c + 1) * 28 * sx, (r + 1) * 28 * sy])
+    )
+    one = _one_token(res, i)
+    grey = Image.new("RGB", geom.image_size, (200, 200, 200))
+    (panel,) = _grid.panels(geom)
+    scale = 3
+    fig = Figure(figsize=(panel.width * scale / 100, panel.height * scale / 100), dpi=100)
+    ax = fig.add_axes([0, 0, 1, 1])
+    viz.plot_kept_tokens(grey, one, ax=ax)
+    px = _render(fig)[..., :3].astype(float).mean(-1)
+    x0, y0, x1, y1 = (float(v) for v in geom.box[i])
+    m = 4
+    inside = px[round(y0 * scale) + m : round(y1 * scale) - m, round(x0 * scale) + m : round(x1 * scale) - m]
+    assert inside.size and inside.min() > 190
+    outside = np.ones_like(px, dtype=bool)
+    outside[
+        max(round(y0 * scale) - m, 0) : round(y1 * scale) + m, max(round(x0 * scale) - m, 0) : round(x1 * scale) + m
+    ] = False
+    assert px[outside].max() < 100
+
+
+def test_real_next_geometry_rasterises_token_by_token(real_results):
+    image, res = real_results["llava_next"]
+    geom = res.geometry[0]
+    ps = _grid.panels(geom)
+    assert [p.view for p in ps] == [VIEW_BASE, VIEW_HIRES]
+    for p in ps:
+        shape = _grid.canvas_scale(p, 400)
+        idx = _grid.token_index_map(geom, p, shape)
+        x0, y0, x1, y1 = p.extent
+        for t in p.tokens[:: max(1, p.tokens.size // 7)]:  # the centre pixel of a token's box maps to the token
+            bx0, by0, bx1, by1 = (float(v) for v in geom.box[t])
+            r = int(((by0 + by1) / 2 - y0) / (y1 - y0) * shape[0])
+            c = int(((bx0 + bx1) / 2 - x0) / (x1 - x0) * shape[1])
+            assert idx[r, c] == t
+    assert (geom.view == VIEW_NEWLINE).sum() == geom.grids[VIEW_HIRES][0]
+
+
+@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl"])
+def test_every_figure_on_real_results(real_results, name):
+    image, res = real_results[name]
+    for fig in _all_figures(image, res).values():
+        assert isinstance(fig, Figure)
+        _render(fig)
+    gif = viz.greedy_animation(image, res)
+    assert Image.open(io.BytesIO(gif)).n_frames == res.selections[0].keep  # one frame per pick
