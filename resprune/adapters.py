@@ -59,6 +59,13 @@ def clip_cls_attention(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -
     Returns:
         `(B, T - 1)` float32 over the patch tokens (CLS excluded), one row per image (or crop).
     """
+    return clip_internals(tower, pixel_values, layer_idx)[0]
+
+
+@torch.no_grad()
+def clip_internals(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``clip_cls_attention`` and the patch features `(B, T - 1, C)` of ``hidden_states[layer_idx]`` (the vision
+    tower's output that the projector receives, before the projector)."""
     out = tower(pixel_values.to(tower.dtype), output_hidden_states=True)
     hs = out.hidden_states  # (layers + 1) x (B, 1 + N, C); hidden_states[i] is the input of layer i
     n_layers = len(hs) - 1
@@ -75,7 +82,7 @@ def clip_cls_attention(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -
     k = attn.k_proj(h).view(b, t, heads, -1).transpose(1, 2)
     scores = (q[:, :, :1] @ k.transpose(-1, -2)) * attn.scale  # (B, H, 1, T)
     probs = scores.float().softmax(-1).mean(1)[:, 0]  # (B, T)
-    return probs[:, 1:]
+    return probs[:, 1:], hs[layer_idx][:, 1:].float()
 
 
 class Adapter:
@@ -109,6 +116,11 @@ class Adapter:
 
     def cls_attention(self, model: Any, inputs: Any) -> list[torch.Tensor]:
         """`(N_i,)` [CLS] attention per image, aligned with ``features`` (0 on newline tokens)."""
+        return [a for a, _ in self.vision_internals(model, inputs)]
+
+    def vision_internals(self, model: Any, inputs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per image: `(N_i,)` [CLS] attention and `(N_i, C)` vision features before the projector, aligned with
+        ``features`` (zeros on newline tokens)."""
         raise ValueError(
             f"{type(model).__name__}'s vision tower has no [CLS] token, so there is no [CLS] attention; "
             "use a method that does not need it (e.g. 'resprune' with seed='max_norm')"
@@ -182,11 +194,11 @@ class LlavaAdapter(Adapter):
             out.append(ImageTokens(f, geo, torch.full((f.shape[0],), VIEW_BASE)))
         return out
 
-    def cls_attention(self, model: Any, inputs: Any) -> list[torch.Tensor]:
-        att = clip_cls_attention(
+    def vision_internals(self, model: Any, inputs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        att, feats = clip_internals(
             model.model.vision_tower, inputs["pixel_values"].to(model.device), _layer_index(model.config)
         )
-        return list(att.cpu().unbind(0))
+        return list(zip(att.cpu().unbind(0), feats.cpu().unbind(0)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,11 +305,12 @@ class LlavaNextAdapter(Adapter):
             out.append(ImageTokens(f, geo, view))
         return out
 
-    def cls_attention(self, model: Any, inputs: Any) -> list[torch.Tensor]:
+    def vision_internals(self, model: Any, inputs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         pv, counts = self._crops(model, inputs)
-        att = clip_cls_attention(model.model.vision_tower, pv.to(model.device), _layer_index(model.config)).cpu()
-        packed = self._pack(model, inputs, att[..., None], counts, torch.zeros(1))
-        return [p[:, 0] for p in packed]
+        att, feats = clip_internals(model.model.vision_tower, pv.to(model.device), _layer_index(model.config))
+        both = torch.cat([att.cpu()[..., None], feats.cpu()], -1)  # packed together: one layout
+        packed = self._pack(model, inputs, both, counts, torch.zeros(both.shape[-1]))
+        return [(p[:, 0], p[:, 1:]) for p in packed]
 
 
 # ---------------------------------------------------------------------------------------------------------------

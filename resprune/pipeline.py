@@ -65,6 +65,66 @@ def select_cls(
     return _finish(tokens, order, a[order], "cls", {}, v32=v.cpu())
 
 
+@register(
+    "vispruner",
+    summary="VisPruner: [CLS]-attention important tokens + diverse tokens by duplicate removal",
+    requires=("cls_attention",),
+    stage="encoder",
+)
+@torch.no_grad()
+def select_vispruner(
+    tokens: torch.Tensor,
+    keep: int,
+    *,
+    query: torch.Tensor | None = None,
+    cls_attention: torch.Tensor | None = None,
+    vision_features: torch.Tensor | None = None,
+    important_ratio: float = 0.5,
+) -> Selection:
+    """VisPruner (Zhang et al., ICCV 2025), as in its released LLaVA code.
+
+    ``int(K * important_ratio)`` important tokens with the highest [CLS] attention (mean over heads); the diverse
+    rest from the remaining tokens (in descending-attention order) by iterative duplicate removal: split them into
+    even / odd positions, score each even token by its highest cosine similarity to an odd one, drop the (up to) 8
+    most duplicated, repeat until ``K - important`` remain. Similarities are computed on ``vision_features`` (the
+    vision tower's features before the projector, as the paper does; ``prune`` passes them) or, without them, on
+    ``tokens``.
+
+    ``order`` lists the important tokens by attention, then the diverse ones in their final order; ``gain`` is the
+    [CLS] attention of each kept token.
+    """
+    from ._checks import check_query, check_tokens
+
+    v = check_tokens(tokens)
+    check_query(query, v.shape[1])
+    k = check_keep(keep, v.shape[0])
+    if cls_attention is None:
+        raise ValueError("method 'vispruner' needs cls_attention (a vision tower with a [CLS] token)")
+    if not isinstance(important_ratio, (int, float)) or not 0 <= important_ratio <= 1:
+        raise ValueError(f"important_ratio must be a number in [0, 1], got {important_ratio!r}")
+    a = torch.as_tensor(cls_attention).float().flatten().cpu()
+    if a.numel() != v.shape[0]:
+        raise ValueError(f"cls_attention has {a.numel()} values but tokens has N={v.shape[0]}")
+    f = v.cpu() if vision_features is None else torch.as_tensor(vision_features).float().cpu()
+    if f.dim() != 2 or f.shape[0] != v.shape[0]:
+        raise ValueError(f"vision_features must be (N={v.shape[0]}, C), got shape {tuple(f.shape)}")
+    n_imp = int(k * important_ratio)
+    ranked = torch.sort(a, descending=True, stable=True).indices
+    important, residual = ranked[:n_imp], ranked[n_imp:]
+    n_div = k - n_imp
+    fn = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    while True:
+        r = min(8, residual.numel() - n_div)
+        if r <= 0:
+            break
+        even, odd = residual[::2], residual[1::2]
+        scores = (fn[even] @ fn[odd].T).max(-1).values if odd.numel() else torch.zeros(even.numel())
+        distinct = torch.sort(scores, descending=True, stable=True).indices[r:]
+        residual = torch.cat([even[distinct], odd])
+    order = torch.cat([important, residual])
+    return _finish(tokens, order, a[order], "vispruner", {"important_ratio": important_ratio}, v32=v.cpu())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # prune / answer
 
@@ -227,7 +287,11 @@ def prune(
         and hparams.get("seed", "auto") in ("auto", "prior")
         and "seed_prior" not in hparams
     )
-    if wants_cls:
+    vis_feats = None
+    if method == "vispruner":
+        internals = adapter.vision_internals(model, inputs)
+        cls_att, vis_feats = [a for a, _ in internals], [f for _, f in internals]
+    elif wants_cls:
         cls_att = adapter.cls_attention(model, inputs)
     tokenizer = getattr(processor, "tokenizer", processor)
     words, query = query_embeddings(model, tokenizer, prompt)
@@ -248,6 +312,8 @@ def prune(
         kw = dict(hparams)
         if "cls_attention" in info.requires:
             kw["cls_attention"] = cls_att[i][cand]
+        if vis_feats is not None:
+            kw["vision_features"] = vis_feats[i][cand]
         elif method == "resprune" and cls_att is not None:
             kw["seed_prior"] = cls_att[i][cand]
         t0 = time.perf_counter()

@@ -264,3 +264,49 @@ def test_load_errors_name_the_model(tmp_path):
     (bad / "config.json").unlink()
     with pytest.raises(ScenesModelError, match="'config.json'"):
         load_scenes_model(bad)
+
+
+def test_vispruner_important_then_diverse():
+    from resprune.pipeline import select_cls, select_vispruner
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(20, 8, generator=g)
+    att = torch.linspace(1.0, 0.05, 20)  # descending: the residual order is 0, 1, ..., 19
+    # all important (ratio 1) == the [CLS] top-K
+    a = select_vispruner(tokens, 6, cls_attention=att, important_ratio=1.0)
+    assert torch.equal(a.keep_idx, select_cls(tokens, 6, cls_attention=att).keep_idx)
+    # ratio 0: exact duplicates (0, 1), (2, 3), (4, 5), (6, 7) in the features: one round drops the 4 duplicated even
+    # tokens (min(8, 20 - 16) = 4), whatever the projected tokens say
+    feats = torch.randn(20, 5, generator=g)
+    for j in range(0, 8, 2):
+        feats[j + 1] = feats[j]
+    b = select_vispruner(tokens, 16, cls_attention=att, vision_features=feats, important_ratio=0.0)
+    assert set(range(20)) - set(b.keep_idx.tolist()) == {0, 2, 4, 6}
+    # half and half: the top-3 by attention are kept whatever the features
+    c = select_vispruner(tokens, 6, cls_attention=att, vision_features=feats)
+    assert {0, 1, 2} <= set(c.keep_idx.tolist()) and c.keep == 6 and c.params["important_ratio"] == 0.5
+    with pytest.raises(ValueError, match="needs cls_attention"):
+        resprune.select(tokens, 4, "vispruner")
+    with pytest.raises(ValueError, match="important_ratio must be a number in"):
+        select_vispruner(tokens, 4, cls_attention=att, important_ratio=2)
+    with pytest.raises(ValueError, match=r"vision_features must be \(N=20, C\)"):
+        select_vispruner(tokens, 4, cls_attention=att, vision_features=torch.randn(3, 5))
+
+
+def test_vispruner_uses_the_pre_projector_features(tiny_llava):
+    """``prune`` hands VisPruner the CLIP features of the feature layer (before the projector), aligned with the
+    projected tokens."""
+    model, proc = tiny_llava
+    inputs = _inputs(proc, _image())
+    internals = resprune.adapters.ADAPTERS["LlavaForConditionalGeneration"].vision_internals(model, inputs)
+    att, feats = internals[0]
+    assert att.shape == (64,) and feats.shape == (64, model.config.vision_config.hidden_size)
+    with torch.no_grad():
+        projected = model.model.multi_modal_projector(feats[None])[0]
+        ref = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output[0]
+    torch.testing.assert_close(projected, ref.float())
+    res = prune(model, inputs, "vispruner", 10, processor=proc)
+    from resprune.pipeline import select_vispruner
+
+    direct = select_vispruner(res.visual_tokens[0], 10, cls_attention=att, vision_features=feats)
+    assert torch.equal(res.selections[0].keep_idx, direct.keep_idx)
