@@ -125,6 +125,40 @@ def select_vispruner(
     return _finish(tokens, order, a[order], "vispruner", {"important_ratio": important_ratio}, v32=v.cpu())
 
 
+@register(
+    "fastv",
+    summary="FastV: drop the visual tokens least attended by the last position, inside the LLM after layer 2",
+    requires=("llm_attention",),
+    stage="llm",
+)
+@torch.no_grad()
+def select_fastv(
+    tokens: torch.Tensor,
+    keep: int,
+    *,
+    query: torch.Tensor | None = None,
+    llm_attention: torch.Tensor | None = None,
+    layer: int = 2,
+) -> Selection:
+    """FastV (Chen et al., ECCV 2024): the K visual tokens with the highest attention from the last prompt position
+    in LLM layer ``layer - 1`` (mean over heads); ``prune`` drops the others from layer ``layer`` on (``fastv``
+    module). ``gain`` is that attention. Default ``layer=2`` as in the paper (its ``K``)."""
+    from ._checks import check_query, check_tokens
+
+    v = check_tokens(tokens)
+    check_query(query, v.shape[1])
+    k = check_keep(keep, v.shape[0])
+    if llm_attention is None:
+        raise ValueError("method 'fastv' needs llm_attention (the LLM's attention to the visual tokens)")
+    if not isinstance(layer, int) or isinstance(layer, bool) or layer < 1:
+        raise ValueError(f"layer must be an int >= 1 (the first LLM layer without the pruned tokens), got {layer!r}")
+    a = torch.as_tensor(llm_attention).float().flatten().cpu()
+    if a.numel() != v.shape[0]:
+        raise ValueError(f"llm_attention has {a.numel()} values but tokens has N={v.shape[0]}")
+    order = torch.sort(a, descending=True, stable=True).indices[:k]
+    return _finish(tokens, order, a[order], "fastv", {"layer": layer}, v32=v.cpu())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # prune / answer
 
@@ -287,7 +321,21 @@ def prune(
         and hparams.get("seed", "auto") in ("auto", "prior")
         and "seed_prior" not in hparams
     )
-    vis_feats = None
+    vis_feats = llm_att = None
+    if info.stage == "llm":
+        if b != 1:
+            raise ValueError(f"method {method!r} prunes inside the LLM and supports batch size 1, got {b}")
+        from .fastv import last_query_attention
+
+        layer = hparams.get("layer", 2)
+        n_layers = len(model.get_decoder().layers)
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 1 <= layer < n_layers:
+            raise ValueError(f"layer must be an int in [1, {n_layers - 1}] for this model, got {layer!r}")
+        t0 = time.perf_counter()
+        dev_inputs = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        row = last_query_attention(model, dev_inputs, layer - 1).cpu()
+        llm_att = [row[image_mask[0]]]
+        t_llm = time.perf_counter() - t0
     if method == "vispruner":
         internals = adapter.vision_internals(model, inputs)
         cls_att, vis_feats = [a for a, _ in internals], [f for _, f in internals]
@@ -314,6 +362,8 @@ def prune(
             kw["cls_attention"] = cls_att[i][cand]
         if vis_feats is not None:
             kw["vision_features"] = vis_feats[i][cand]
+        if llm_att is not None:
+            kw["llm_attention"] = llm_att[i][cand]
         elif method == "resprune" and cls_att is not None:
             kw["seed_prior"] = cls_att[i][cand]
         t0 = time.perf_counter()
@@ -350,6 +400,17 @@ def prune(
         "seq_len_after": lmax,
         "selection_seconds": t_sel,
     }
+    context = None
+    if llm_att is not None:  # FastV: the full prompt goes to generate; hooks drop the tokens from `layer` on
+        from .fastv import FastVContext
+
+        gen = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        context = FastVContext(model, keeps[0], int(input_ids.shape[1]), layer)
+        n_layers = len(model.get_decoder().layers)
+        n, k_kept = counts[0], selections[0].keep
+        stats["selection_seconds"] = t_sel + t_llm
+        stats["llm_layer"] = layer
+        stats["visual_tokens_equivalent"] = (layer * n + (n_layers - layer) * k_kept) / n_layers
     geometry = tuple(im.geometry for im in images if im.geometry is not None)
     return PruneResult(
         gen,
@@ -361,6 +422,7 @@ def prune(
         method,
         dict(hparams, keep=ks[0] if len(set(ks)) == 1 else tuple(ks), positions=positions, newlines=newlines),
         tuple(tokens_out),
+        context,
     )
 
 
@@ -401,7 +463,8 @@ def _cache_of(out: Any) -> Any:
 
 
 def kv_cache_bytes(cache: Any) -> tuple[int, int]:
-    """(bytes, sequence length) of a transformers cache object."""
+    """(bytes, sequence length of the last layer) of a transformers cache object (layers may differ in length
+    when pruning happens inside the LLM)."""
     total, length = 0, 0
     layers = getattr(cache, "layers", None)
     if layers is not None:
@@ -413,18 +476,23 @@ def kv_cache_bytes(cache: Any) -> tuple[int, int]:
     return total, length
 
 
-def prefill_flops(model: Any, seq_len: int) -> int:
+def prefill_flops(model: Any, seq_len: int, *, full_len: int | None = None, full_layers: int = 0) -> int:
     """Prefill FLOPs of the language model (2 x multiply-adds), from its config.
 
     Per layer: q/o projections ``2 L d d_q``, k/v ``2 L d d_kv``, SwiGLU MLP ``3 L d f``, attention scores and
-    values ``2 L^2 d_q`` (full square, no causal halving); plus the LM head for the last position ``d V``.
+    values ``2 L^2 d_q`` (full square, no causal halving); plus the LM head for the last position ``d V``. For
+    in-LLM pruning (FastV) the first ``full_layers`` layers run on ``full_len`` tokens, the rest on ``seq_len``.
     """
     c = model.config.text_config
     d, f, nl, v = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
     hd = getattr(c, "head_dim", None) or d // c.num_attention_heads
     dq, dkv = c.num_attention_heads * hd, (c.num_key_value_heads or c.num_attention_heads) * hd
-    per_layer = 2 * seq_len * d * dq + 2 * seq_len * d * dkv + 3 * seq_len * d * f + 2 * seq_len**2 * dq
-    return 2 * (nl * per_layer + d * v)
+
+    def per_layer(n: int) -> int:
+        return 2 * n * d * dq + 2 * n * d * dkv + 3 * n * d * f + 2 * n**2 * dq
+
+    k = min(full_layers, nl) if full_len is not None else 0
+    return 2 * (k * per_layer(full_len or 0) + (nl - k) * per_layer(seq_len) + d * v)
 
 
 @torch.no_grad()
@@ -450,29 +518,29 @@ def answer(
         max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True, pad_token_id=tok.pad_token_id
     )
     stats = dict(result.stats)
-    t0 = time.perf_counter()
-    model(**result.generate_kwargs, use_cache=True)
-    stats["prefill_seconds_after"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = model.generate(**result.generate_kwargs, **gen_kw)
-    stats["generate_seconds_after"] = time.perf_counter() - t0
-    pruned = tok.decode(out.sequences[0], skip_special_tokens=True).strip()
-    nbytes, length = kv_cache_bytes(_cache_of(out))
-    if length:
-        stats["kv_cache_bytes_after"] = nbytes * stats["seq_len_after"] // length
-    stats["prefill_flops_after"] = prefill_flops(model, stats["seq_len_after"])
+    with result.generation_context():
+        t0 = time.perf_counter()
+        pre = model(**result.generate_kwargs, use_cache=True)
+        stats["prefill_seconds_after"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = model.generate(**result.generate_kwargs, **gen_kw)
+        stats["generate_seconds_after"] = time.perf_counter() - t0
+    n_prompt = result.generate_kwargs["input_ids"].shape[1] if "input_ids" in result.generate_kwargs else 0
+    pruned = tok.decode(out.sequences[0, n_prompt:], skip_special_tokens=True).strip()
+    stats["kv_cache_bytes_after"] = kv_cache_bytes(_cache_of(pre))[0]  # the prompt's cache, read after prefill
+    stats["prefill_flops_after"] = prefill_flops(
+        model, stats["seq_len_after"], full_len=stats["seq_len_before"], full_layers=stats.get("llm_layer", 0)
+    )
     stats["prefill_flops_before"] = prefill_flops(model, stats["seq_len_before"])
     unpruned = None
     if compare:
         t0 = time.perf_counter()
-        model(**inputs, use_cache=True)
+        pre = model(**inputs, use_cache=True)
         stats["prefill_seconds_before"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         full = model.generate(**inputs, **gen_kw)
         stats["generate_seconds_before"] = time.perf_counter() - t0
         n_prompt = inputs["input_ids"].shape[1]
         unpruned = tok.decode(full.sequences[0, n_prompt:], skip_special_tokens=True).strip()
-        nbytes, length = kv_cache_bytes(_cache_of(full))
-        if length:
-            stats["kv_cache_bytes_before"] = nbytes * stats["seq_len_before"] // length
+        stats["kv_cache_bytes_before"] = kv_cache_bytes(_cache_of(pre))[0]
     return Answer(pruned, unpruned, result, stats)

@@ -39,7 +39,7 @@ def _text_config(vocab: int, pad: int, **extra: Any) -> dict[str, Any]:
         vocab_size=vocab,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,

@@ -120,6 +120,8 @@ class PruneResult:
         params: the hyperparameters passed.
         visual_tokens: per image, the `(N, D)` visual tokens the method selected from (CPU, float32), so figures
             such as the greedy step-through can be drawn without re-running the model.
+        context: for methods that prune inside the LLM (FastV), a context manager whose hooks must be active
+            around ``model.generate(**generate_kwargs)``; ``None`` otherwise. Use ``generation_context()``.
     """
 
     generate_kwargs: dict[str, Any]
@@ -131,3 +133,11 @@ class PruneResult:
     method: str
     params: Mapping[str, Any] = field(default_factory=dict)
     visual_tokens: tuple[torch.Tensor, ...] = ()
+    context: Any = None
+
+    def generation_context(self) -> Any:
+        """The context to generate in: ``with result.generation_context(): model.generate(**result.generate_kwargs)``
+        (a no-op for the pre-LLM methods)."""
+        import contextlib
+
+        return self.context if self.context is not None else contextlib.nullcontext()

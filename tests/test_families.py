@@ -258,7 +258,8 @@ def test_every_method_on_every_family(family, method):
         return
     res = prune(model, inputs, method, 6, processor=proc, prompt=PROMPT)
     assert res.selections[0].keep == 6
-    out = model.generate(**res.generate_kwargs, max_new_tokens=2, do_sample=False)
+    with res.generation_context():
+        out = model.generate(**res.generate_kwargs, max_new_tokens=2, do_sample=False)
     assert out.shape[0] == 1
 
 
