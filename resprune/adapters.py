@@ -63,9 +63,10 @@ def clip_cls_attention(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -
 
 
 @torch.no_grad()
-def clip_internals(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``clip_cls_attention`` and the patch features `(B, T - 1, C)` of ``hidden_states[layer_idx]`` (the vision
-    tower's output that the projector receives, before the projector)."""
+def clip_internals(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, ...]:
+    """``clip_cls_attention``, the patch features `(B, T - 1, C)` of ``hidden_states[layer_idx]`` (the vision
+    tower's output that the projector receives, before the projector), the patch keys of that layer averaged over
+    heads `(B, T - 1, C / H)` (VisionZip's similarity metric) and the [CLS] feature `(B, C)`."""
     out = tower(pixel_values.to(tower.dtype), output_hidden_states=True)
     hs = out.hidden_states  # (layers + 1) x (B, 1 + N, C); hidden_states[i] is the input of layer i
     n_layers = len(hs) - 1
@@ -82,7 +83,8 @@ def clip_internals(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -> tu
     k = attn.k_proj(h).view(b, t, heads, -1).transpose(1, 2)
     scores = (q[:, :, :1] @ k.transpose(-1, -2)) * attn.scale  # (B, H, 1, T)
     probs = scores.float().softmax(-1).mean(1)[:, 0]  # (B, T)
-    return probs[:, 1:], hs[layer_idx][:, 1:].float()
+    feats = hs[layer_idx].float()
+    return probs[:, 1:], feats[:, 1:], k.float().mean(1)[:, 1:], feats[:, 0]
 
 
 class Adapter:
@@ -124,6 +126,12 @@ class Adapter:
         raise ValueError(
             f"{type(model).__name__}'s vision tower has no [CLS] token, so there is no [CLS] attention; "
             "use a method that does not need it (e.g. 'resprune' with seed='max_norm')"
+        )
+
+    def merge_internals(self, model: Any, inputs: Any) -> list[dict[str, Any]]:
+        """What token-merging methods (VisionZip) need per image; only single-view towers with a [CLS] token."""
+        raise ValueError(
+            f"token-merging methods (visionzip) support LlavaForConditionalGeneration only, not {type(model).__name__}"
         )
 
     def position_ids(
@@ -195,10 +203,26 @@ class LlavaAdapter(Adapter):
         return out
 
     def vision_internals(self, model: Any, inputs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        att, feats = clip_internals(
+        att, feats, _, _ = clip_internals(
             model.model.vision_tower, inputs["pixel_values"].to(model.device), _layer_index(model.config)
         )
         return list(zip(att.cpu().unbind(0), feats.cpu().unbind(0)))
+
+    def merge_internals(self, model: Any, inputs: Any) -> list[dict[str, Any]]:
+        """Per image what VisionZip needs: [CLS] attention, patch features and keys, the [CLS] feature, and the
+        projector that maps merged features to the LLM's input space."""
+        att, feats, keys, cls = clip_internals(
+            model.model.vision_tower, inputs["pixel_values"].to(model.device), _layer_index(model.config)
+        )
+        proj = model.model.multi_modal_projector
+
+        def project(x: torch.Tensor) -> torch.Tensor:
+            return proj(x.to(device=model.device, dtype=model.model.multi_modal_projector.linear_1.weight.dtype))
+
+        return [
+            {"cls_attention": a, "vision_features": f, "vision_keys": k, "cls_feature": c, "projector": project}
+            for a, f, k, c in zip(att.cpu(), feats.cpu(), keys.cpu(), cls.cpu())
+        ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,7 +331,7 @@ class LlavaNextAdapter(Adapter):
 
     def vision_internals(self, model: Any, inputs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         pv, counts = self._crops(model, inputs)
-        att, feats = clip_internals(model.model.vision_tower, pv.to(model.device), _layer_index(model.config))
+        att, feats, _, _ = clip_internals(model.model.vision_tower, pv.to(model.device), _layer_index(model.config))
         both = torch.cat([att.cpu()[..., None], feats.cpu()], -1)  # packed together: one layout
         packed = self._pack(model, inputs, both, counts, torch.zeros(both.shape[-1]))
         return [(p[:, 0], p[:, 1:]) for p in packed]

@@ -159,6 +159,99 @@ def select_fastv(
     return _finish(tokens, order, a[order], "fastv", {"layer": layer}, v32=v.cpu())
 
 
+@register(
+    "visionzip",
+    summary="VisionZip: [CLS] + dominant tokens by [CLS] attention, contextual tokens merged by key similarity",
+    requires=("cls_attention", "vision_features", "vision_keys", "cls_feature", "projector"),
+    stage="encoder",
+)
+@torch.no_grad()
+def select_visionzip(
+    tokens: torch.Tensor,
+    keep: int,
+    *,
+    query: torch.Tensor | None = None,
+    cls_attention: torch.Tensor | None = None,
+    vision_features: torch.Tensor | None = None,
+    vision_keys: torch.Tensor | None = None,
+    cls_feature: torch.Tensor | None = None,
+    projector: Any = None,
+    contextual: int | None = None,
+) -> Selection:
+    """VisionZip (Yang et al., CVPR 2025), as in its released code, for LLaVA-1.5.
+
+    Of the K tokens, ``contextual`` (default ``round(K * 10 / 64)``: the official 54 + 10 split at K = 64, 108 + 20
+    at 128, 162 + 30 at 192) are contextual and ``K - contextual`` dominant, the [CLS] token included:
+
+    - dominant: the [CLS] feature and the ``K - contextual - 1`` patches with the highest [CLS] attention (its
+      ranking is the same summed or averaged over heads), in index order;
+    - contextual: the other patches in index order; targets every ``R // contextual``-th of them; every other one
+      joins the target with the most similar L2-normalised key (the layer's keys averaged over heads); a
+      contextual token is its target's feature plus the mean of the features that joined it.
+
+    Everything is merged on the vision tower's features (before the projector) and then projected: ``merged`` holds
+    the K LLM vectors in VisionZip's order [CLS, dominant, contextual]. ``keep_idx`` lists the dominant patches and
+    the contextual targets (K - 1 patches), ``order`` the dominant patches by attention then the targets.
+    """
+    from ._checks import check_query, check_tokens
+
+    v = check_tokens(tokens)
+    check_query(query, v.shape[1])
+    n = v.shape[0]
+    k = check_keep(keep, n)
+    if k >= n:  # keep everything: no merge, the tokens as they are
+        return _finish(
+            tokens,
+            torch.arange(n),
+            torch.zeros(n),
+            "visionzip",
+            {"contextual": 0},
+            v32=v.cpu(),
+            notes=("keep >= N: every token kept, nothing merged",),
+        )
+    for name, val in (
+        ("cls_attention", cls_attention),
+        ("vision_features", vision_features),
+        ("vision_keys", vision_keys),
+        ("cls_feature", cls_feature),
+        ("projector", projector),
+    ):
+        if val is None:
+            raise ValueError(f"method 'visionzip' needs {name} (a LLaVA-1.5 vision tower with a [CLS] token)")
+    a = torch.as_tensor(cls_attention).float().flatten().cpu()
+    f = torch.as_tensor(vision_features).float().cpu()
+    keys = torch.as_tensor(vision_keys).float().cpu()
+    if a.numel() != n or f.shape[0] != n or keys.shape[0] != n:
+        raise ValueError(f"cls_attention / vision_features / vision_keys must have N={n} rows")
+    c = round(k * 10 / 64) if contextual is None else contextual
+    if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < k:
+        raise ValueError(f"contextual must be an int in [0, keep - 1] = [0, {k - 1}], got {contextual!r}")
+    n_dom = k - c - 1  # patches; the [CLS] token is the remaining dominant token
+    ranked = torch.sort(a, descending=True, stable=True).indices
+    dominant = ranked[:n_dom]
+    rest = torch.sort(ranked[n_dom:]).values  # remaining patches, index order
+    parts = [torch.as_tensor(cls_feature).float().cpu()[None], f[torch.sort(dominant).values]]
+    targets = rest[:0]
+    if c:
+        step = max(1, rest.numel() // c)
+        local = torch.arange(0, rest.numel(), step)[:c]
+        targets = rest[local]
+        is_target = torch.zeros(rest.numel(), dtype=torch.bool)
+        is_target[local] = True
+        others = rest[~is_target]
+        kn = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        assign = (kn[others] @ kn[targets].T).argmax(-1) if others.numel() else torch.zeros(0, dtype=torch.long)
+        sums = torch.zeros(c, f.shape[1]).index_add_(0, assign, f[others])
+        counts = torch.bincount(assign, minlength=c).clamp_min(1).float()[:, None]
+        parts.append(f[targets] + sums / counts)
+    merged = projector(torch.cat(parts)).detach().float().cpu()
+    order = torch.cat([dominant, targets])
+    sel = _finish(tokens, order, a[order], "visionzip", {"contextual": c}, v32=v.cpu())
+    from dataclasses import replace
+
+    return replace(sel, merged=merged.to(sel.keep_idx.device))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # prune / answer
 
@@ -315,7 +408,7 @@ def prune(
 
     dev = model.device
     cls_att = None
-    wants_cls = "cls_attention" in info.requires or (
+    wants_cls = ("cls_attention" in info.requires and "projector" not in info.requires) or (
         method == "resprune"
         and adapter.has_cls
         and hparams.get("seed", "auto") in ("auto", "prior")
@@ -336,6 +429,9 @@ def prune(
         row = last_query_attention(model, dev_inputs, layer - 1).cpu()
         llm_att = [row[image_mask[0]]]
         t_llm = time.perf_counter() - t0
+    merge_kw = None
+    if "projector" in info.requires:
+        merge_kw = adapter.merge_internals(model, inputs)
     if method == "vispruner":
         internals = adapter.vision_internals(model, inputs)
         cls_att, vis_feats = [a for a, _ in internals], [f for _, f in internals]
@@ -358,7 +454,9 @@ def prune(
         cand, forced, k_sel = _candidates(im.view, k, newlines)
         whole = cand.numel() == vis.shape[0]
         kw = dict(hparams)
-        if "cls_attention" in info.requires:
+        if merge_kw is not None:
+            kw.update(merge_kw[i])
+        elif "cls_attention" in info.requires:
             kw["cls_attention"] = cls_att[i][cand]
         if vis_feats is not None:
             kw["vision_features"] = vis_feats[i][cand]
@@ -378,7 +476,12 @@ def prune(
         tokens_out.append(vis)
         pos = image_mask[i].nonzero().squeeze(-1)  # (N,) positions of the image tokens
         keep_mask = ~image_mask[i].clone()
-        keep_mask[pos[sel.keep_idx.cpu()]] = True
+        if sel.merged is not None:  # merged tokens fill the first K image slots, in their own order
+            slots = pos[: sel.merged.shape[0]]
+            embeds[i, slots.to(dev)] = sel.merged.to(device=dev, dtype=embeds.dtype)
+            keep_mask[slots] = True
+        else:
+            keep_mask[pos[sel.keep_idx.cpu()]] = True
         keep_mask &= am[i].bool() | image_mask[i]
         keeps.append(keep_mask.nonzero().squeeze(-1))
     # re-pad on the left so that every row has the same length

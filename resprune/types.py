@@ -37,6 +37,10 @@ class Selection:
         params: the hyperparameters used (after defaults were applied).
         n_tokens: ``N``.
         notes: human-readable remarks (fallbacks taken, e.g. "no query: text-free score").
+        merged: for token-MERGING methods (VisionZip) only: the `(K, D)` vectors the LLM receives for this image,
+            in sequence order; they fill the first K placeholder slots of the image. ``keep_idx`` then lists the
+            patches they represent (which may be fewer than K: VisionZip also feeds the [CLS] token). ``None``
+            for selection methods, whose LLM tokens are exactly ``tokens[keep_idx]``.
     """
 
     keep_idx: torch.Tensor
@@ -49,11 +53,12 @@ class Selection:
     relevance: torch.Tensor | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    merged: torch.Tensor | None = None
 
     @property
     def keep(self) -> int:
-        """``K``, the number of kept tokens."""
-        return int(self.keep_idx.numel())
+        """``K``, the number of visual tokens that reach the LLM for this image."""
+        return int(self.merged.shape[0]) if self.merged is not None else int(self.keep_idx.numel())
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable record (lists of plain numbers) of the selection."""

@@ -310,3 +310,93 @@ def test_vispruner_uses_the_pre_projector_features(tiny_llava):
 
     direct = select_vispruner(res.visual_tokens[0], 10, cls_attention=att, vision_features=feats)
     assert torch.equal(res.selections[0].keep_idx, direct.keep_idx)
+
+
+def test_visionzip_dominant_plus_contextual_merge():
+    from resprune.pipeline import select_visionzip
+
+    g = torch.Generator().manual_seed(0)
+    n, c_dim = 20, 6
+    tokens = torch.randn(n, 8, generator=g)
+    att = torch.linspace(1.0, 0.05, n).flip(0)  # ascending: token 19 is the most attended
+    feats = torch.randn(n, c_dim, generator=g)
+    keys = torch.randn(n, 4, generator=g)
+    cls = torch.randn(c_dim, generator=g)
+    ident = lambda x: x  # noqa: E731 - the projector, identity here so the merge can be checked directly
+    sel = select_visionzip(
+        tokens, 8, cls_attention=att, vision_features=feats, vision_keys=keys, cls_feature=cls, projector=ident
+    )
+    # K = 8: round(8 * 10 / 64) = 1 contextual, 7 dominant = [CLS] + 6 patches (the 6 most attended: 14..19)
+    assert sel.keep == 8 and sel.merged.shape == (8, c_dim) and sel.params["contextual"] == 1
+    torch.testing.assert_close(sel.merged[0], cls)
+    torch.testing.assert_close(sel.merged[1:7], feats[14:20])
+    # contextual: the remaining 14 patches 0..13, step 14 // 1 = 14 -> target 0; all others join it
+    torch.testing.assert_close(sel.merged[7], feats[0] + feats[1:14].mean(0))
+    assert sel.keep_idx.tolist() == [0, 14, 15, 16, 17, 18, 19]
+    # two targets: each other patch joins the target with the most similar normalised key
+    sel2 = select_visionzip(
+        tokens,
+        9,
+        cls_attention=att,
+        vision_features=feats,
+        vision_keys=keys,
+        cls_feature=cls,
+        projector=ident,
+        contextual=2,
+    )
+    rest = torch.arange(0, 14)
+    targets = rest[torch.arange(0, 14, 7)[:2]]  # 0 and 7
+    others = rest[~torch.isin(rest, targets)]
+    kn = keys / keys.norm(dim=-1, keepdim=True)
+    join = (kn[others] @ kn[targets].T).argmax(-1)
+    for j, t in enumerate(targets):
+        members = others[join == j]
+        expect = feats[t] + (feats[members].mean(0) if members.numel() else 0)
+        torch.testing.assert_close(sel2.merged[7 + j], expect)
+    with pytest.raises(ValueError, match="needs cls_attention"):
+        resprune.select(tokens, 4, "visionzip")
+    with pytest.raises(ValueError, match=r"contextual must be an int in \[0, keep - 1\]"):
+        select_visionzip(
+            tokens,
+            4,
+            cls_attention=att,
+            vision_features=feats,
+            vision_keys=keys,
+            cls_feature=cls,
+            projector=ident,
+            contextual=4,
+        )
+
+
+def test_visionzip_in_the_pipeline(tiny_llava):
+    """LLaVA: the K merged vectors (projected) fill the first K image slots; the sequence is shorter by N - K; the
+    first generated step equals a forward on the pruned sequence; the [CLS] vector is the projected CLS feature."""
+    model, proc = tiny_llava
+    inputs = _inputs(proc, _image())
+    res = prune(model, inputs, "visionzip", 10, processor=proc)
+    sel = res.selections[0]
+    L = inputs["input_ids"].shape[1]
+    assert sel.keep == 10 and res.stats["visual_tokens_after"] == 10 and res.stats["seq_len_after"] == L - 54
+    emb = res.generate_kwargs["inputs_embeds"][0]
+    first = int((inputs["input_ids"][0] == model.config.image_token_id).nonzero()[0])
+    torch.testing.assert_close(emb[first : first + 10].float(), sel.merged)
+    with torch.no_grad():
+        hs = model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
+        cls = model.model.multi_modal_projector(hs[model.config.vision_feature_layer][0, :1])[0]
+    torch.testing.assert_close(sel.merged[0], cls.float())
+    out = model.generate(
+        **res.generate_kwargs,
+        max_new_tokens=2,
+        min_new_tokens=2,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    with torch.no_grad():
+        plain = model(**res.generate_kwargs).logits[:, -1]
+    torch.testing.assert_close(out.logits[0], plain, rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = prune(model, inputs, "visionzip", 64, processor=proc)
+    with torch.no_grad():
+        assert torch.equal(model(**full.generate_kwargs).logits, model(**inputs).logits)
