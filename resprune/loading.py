@@ -21,7 +21,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "scenes": Preset("assets/scenes-model", "offline default, 13 MB, CPU"),
+    "scenes": Preset("assets/scenes-model", "offline default, 7.4 MB, CPU"),
     "llava-1.5-7b": Preset("llava-hf/llava-1.5-7b-hf", "LLaVA-1.5-7B, ~14 GB download, GPU recommended"),
     "llava-interleave-0.5b": Preset(
         "llava-hf/llava-interleave-qwen-0.5b-hf", "LLaVA (Qwen2-0.5B LLM), ~1.8 GB download, CPU-friendly"
