@@ -51,20 +51,10 @@ def _layer_index(cfg: Any) -> int:
 
 
 @torch.no_grad()
-def clip_cls_attention(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -> torch.Tensor:
-    """[CLS] -> patch attention (mean over heads) in the CLIP layer whose output is ``hidden_states[layer_idx]``.
-
-    Recomputed from that layer's ``layer_norm1`` / ``q_proj`` / ``k_proj`` on its input hidden states.
-
-    Returns:
-        `(B, T - 1)` float32 over the patch tokens (CLS excluded), one row per image (or crop).
-    """
-    return clip_internals(tower, pixel_values, layer_idx)[0]
-
-
-@torch.no_grad()
 def clip_internals(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, ...]:
-    """``clip_cls_attention``, the patch features `(B, T - 1, C)` of ``hidden_states[layer_idx]`` (the vision
+    """The [CLS] -> patch attention `(B, T - 1)` (mean over heads, float32) of the CLIP layer whose output is
+    ``hidden_states[layer_idx]``, recomputed from that layer's ``layer_norm1`` / ``q_proj`` / ``k_proj`` on its
+    input hidden states (the tower keeps its SDPA kernel); the patch features `(B, T - 1, C)` of that output (the vision
     tower's output that the projector receives, before the projector), the patch keys of that layer averaged over
     heads `(B, T - 1, C / H)` (VisionZip's similarity metric) and the [CLS] feature `(B, C)`."""
     out = tower(pixel_values.to(tower.dtype), output_hidden_states=True)

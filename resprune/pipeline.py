@@ -14,6 +14,7 @@ them.
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from ._checks import check_keep
-from .adapters import ADAPTERS, adapter_for, clip_cls_attention, llava_geometry
+from .adapters import ADAPTERS, adapter_for, clip_internals, llava_geometry
 from .registry import get_method, method_info, register
 from .selection import _finish, residual_curve
 from .text import extract_keywords
@@ -35,9 +36,19 @@ NEWLINE_POLICIES = ("drop", "keep", "prune")
 
 @torch.no_grad()
 def cls_attention(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
-    """[CLS]->patch attention `(B, N)` of a LLaVA-1.5 model's feature layer (see ``adapters.clip_cls_attention``)."""
+    """[CLS]->patch attention `(B, N)` of a LLaVA-1.5 model's feature layer (see ``adapters.clip_internals``)."""
     layer = model.config.vision_feature_layer
-    return clip_cls_attention(model.model.vision_tower, pixel_values, layer if isinstance(layer, int) else layer[-1])
+    return clip_internals(model.model.vision_tower, pixel_values, layer if isinstance(layer, int) else layer[-1])[0]
+
+
+def _per_token(values: Any, n: int, name: str, method: str, needs: str) -> torch.Tensor:
+    """A method's required per-token score (``cls_attention``, ``llm_attention``) as a float32 `(N,)` CPU tensor."""
+    if values is None:
+        raise ValueError(f"method {method!r} needs {name} ({needs})")
+    a = torch.as_tensor(values).float().flatten().cpu()
+    if a.numel() != n:
+        raise ValueError(f"{name} has {a.numel()} values but tokens has N={n}")
+    return a
 
 
 @register(
@@ -56,11 +67,7 @@ def select_cls(
     v = check_tokens(tokens)
     check_query(query, v.shape[1])
     k = check_keep(keep, v.shape[0])
-    if cls_attention is None:
-        raise ValueError("method 'cls' needs cls_attention (a vision tower with a [CLS] token)")
-    a = torch.as_tensor(cls_attention).float().flatten().cpu()
-    if a.numel() != v.shape[0]:
-        raise ValueError(f"cls_attention has {a.numel()} values but tokens has N={v.shape[0]}")
+    a = _per_token(cls_attention, v.shape[0], "cls_attention", "cls", "a vision tower with a [CLS] token")
     order = torch.sort(a, descending=True, stable=True).indices[:k]
     return _finish(tokens, order, a[order], "cls", {}, v32=v.cpu())
 
@@ -98,13 +105,9 @@ def select_vispruner(
     v = check_tokens(tokens)
     check_query(query, v.shape[1])
     k = check_keep(keep, v.shape[0])
-    if cls_attention is None:
-        raise ValueError("method 'vispruner' needs cls_attention (a vision tower with a [CLS] token)")
+    a = _per_token(cls_attention, v.shape[0], "cls_attention", "vispruner", "a vision tower with a [CLS] token")
     if not isinstance(important_ratio, (int, float)) or not 0 <= important_ratio <= 1:
         raise ValueError(f"important_ratio must be a number in [0, 1], got {important_ratio!r}")
-    a = torch.as_tensor(cls_attention).float().flatten().cpu()
-    if a.numel() != v.shape[0]:
-        raise ValueError(f"cls_attention has {a.numel()} values but tokens has N={v.shape[0]}")
     f = v.cpu() if vision_features is None else torch.as_tensor(vision_features).float().cpu()
     if f.dim() != 2 or f.shape[0] != v.shape[0]:
         raise ValueError(f"vision_features must be (N={v.shape[0]}, C), got shape {tuple(f.shape)}")
@@ -148,13 +151,9 @@ def select_fastv(
     v = check_tokens(tokens)
     check_query(query, v.shape[1])
     k = check_keep(keep, v.shape[0])
-    if llm_attention is None:
-        raise ValueError("method 'fastv' needs llm_attention (the LLM's attention to the visual tokens)")
+    a = _per_token(llm_attention, v.shape[0], "llm_attention", "fastv", "the LLM's attention to the visual tokens")
     if not isinstance(layer, int) or isinstance(layer, bool) or layer < 1:
         raise ValueError(f"layer must be an int >= 1 (the first LLM layer without the pruned tokens), got {layer!r}")
-    a = torch.as_tensor(llm_attention).float().flatten().cpu()
-    if a.numel() != v.shape[0]:
-        raise ValueError(f"llm_attention has {a.numel()} values but tokens has N={v.shape[0]}")
     order = torch.sort(a, descending=True, stable=True).indices[:k]
     return _finish(tokens, order, a[order], "fastv", {"layer": layer}, v32=v.cpu())
 
@@ -432,7 +431,7 @@ def prune(
     merge_kw = None
     if "projector" in info.requires:
         merge_kw = adapter.merge_internals(model, inputs)
-    if method == "vispruner":
+    if "vision_features" in inspect.signature(fn).parameters and merge_kw is None:  # VisPruner-style similarity
         internals = adapter.vision_internals(model, inputs)
         cls_att, vis_feats = [a for a, _ in internals], [f for _, f in internals]
     elif wants_cls:

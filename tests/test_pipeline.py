@@ -24,57 +24,12 @@ def scenes_model():
 
 
 @pytest.fixture(scope="module")
-def tiny_llava(scenes_model):
+def tiny_llava():
     """A random-weight LLaVA with a 64 px / 8 px vision tower (64 visual tokens), weights scaled so that
-    positions and masks matter (a wrong one changes the logits)."""
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    positions and masks matter (a wrong one changes the logits): ``resprune.testing.tiny_model("llava")``."""
+    from resprune.testing import tiny_model
 
-    tok = scenes_model[1].tokenizer
-    torch.manual_seed(0)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=64,
-            patch_size=8,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            pad_token_id=tok.pad_token_id,
-        ),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-    )
-    model = LlavaForConditionalGeneration(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.model.language_model.named_parameters():
-            if p.dim() == 2 and "embed" not in n:
-                p.mul_(10)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
-    proc = LlavaProcessor(
-        image_processor=ip,
-        tokenizer=tok,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=scenes_model[1].chat_template,
-    )
-    return model, proc
+    return tiny_model("llava")
 
 
 def _inputs(proc, image, text="What colour is the circle?"):
