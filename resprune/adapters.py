@@ -16,8 +16,9 @@ has a [CLS] token, the [CLS] -> token attention of the layer the features come f
 q/k projections, so the tower keeps its SDPA/FlashAttention kernel).
 
 LLaVA-NeXT layout: the adapter does not re-implement the model's reshape/unpad; it runs the model's own
-``pack_image_features`` on per-crop coordinate tensors (crop, row, column) and on per-crop [CLS] attention, so
-geometry and attention line up with the features token by token whatever the image size and pinpoints.
+``pack_image_features`` on per-crop coordinate tensors (crop, row, column), on per-crop [CLS] attention and on
+VisionZip's per-crop features and keys, so geometry and attention line up with the features token by token whatever
+the image size and pinpoints.
 """
 
 from __future__ import annotations
@@ -119,9 +120,10 @@ class Adapter:
         )
 
     def merge_internals(self, model: Any, inputs: Any) -> list[dict[str, Any]]:
-        """What token-merging methods (VisionZip) need per image; only single-view towers with a [CLS] token."""
+        """What token-merging methods (VisionZip) need per image; LLaVA-family towers with a [CLS] token only."""
         raise ValueError(
-            f"token-merging methods (visionzip) support LlavaForConditionalGeneration only, not {type(model).__name__}"
+            "token-merging methods (visionzip) support LlavaForConditionalGeneration and "
+            f"LlavaNextForConditionalGeneration only, not {type(model).__name__}"
         )
 
     def position_ids(
@@ -204,15 +206,21 @@ class LlavaAdapter(Adapter):
         att, feats, keys, cls = clip_internals(
             model.model.vision_tower, inputs["pixel_values"].to(model.device), _layer_index(model.config)
         )
-        proj = model.model.multi_modal_projector
-
-        def project(x: torch.Tensor) -> torch.Tensor:
-            return proj(x.to(device=model.device, dtype=model.model.multi_modal_projector.linear_1.weight.dtype))
-
+        project = _projector(model)
         return [
             {"cls_attention": a, "vision_features": f, "vision_keys": k, "cls_feature": c, "projector": project}
             for a, f, k, c in zip(att.cpu(), feats.cpu(), keys.cpu(), cls.cpu())
         ]
+
+
+def _projector(model: Any) -> Any:
+    """The model's multimodal projector as a function of pre-projector features (on the model's device/dtype)."""
+    proj = model.model.multi_modal_projector
+
+    def project(x: torch.Tensor) -> torch.Tensor:
+        return proj(x.to(device=model.device, dtype=proj.linear_1.weight.dtype))
+
+    return project
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,6 +333,32 @@ class LlavaNextAdapter(Adapter):
         both = torch.cat([att.cpu()[..., None], feats.cpu()], -1)  # packed together: one layout
         packed = self._pack(model, inputs, both, counts, torch.zeros(both.shape[-1]))
         return [(p[:, 0], p[:, 1:]) for p in packed]
+
+    def merge_internals(self, model: Any, inputs: Any) -> list[dict[str, Any]]:
+        """VisionZip's internals per crop, packed into the image's token layout like the features: [CLS]
+        attention, patch features and keys, and each token's crop (0 = base view, -1 on newline tokens); plus one
+        [CLS] feature per crop and the projector."""
+        pv, counts = self._crops(model, inputs)
+        tower, layer = model.model.vision_tower, _layer_index(model.config)
+        att, feats, keys, cls = clip_internals(tower, pv.to(model.device), layer)
+        crop = torch.cat([torch.arange(k) for k in counts]).float()[:, None, None].expand(-1, att.shape[1], 1)
+        both = torch.cat([crop, att.cpu()[..., None], feats.cpu(), keys.cpu()], -1)
+        newline = torch.zeros(both.shape[-1])
+        newline[0] = -1.0
+        packed = self._pack(model, inputs, both, counts, newline)
+        c = feats.shape[-1]
+        project = _projector(model)
+        return [
+            {
+                "crops": p[:, 0].round().long(),
+                "cls_attention": p[:, 1],
+                "vision_features": p[:, 2 : 2 + c],
+                "vision_keys": p[:, 2 + c :],
+                "cls_feature": cf,
+                "projector": project,
+            }
+            for p, cf in zip(packed, cls.cpu().split(counts))
+        ]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -217,6 +217,102 @@ def test_next_cls_attention_follows_the_layout(next_model):
     assert torch.equal(att[order], torch.sort(att[g.view != VIEW_NEWLINE], descending=True).values[:10])
 
 
+def test_next_visionzip_compresses_each_crop(next_model):
+    """VisionZip on LLaVA-NeXT as its released code does it: each crop (base view, then the hi-res crops) gets an
+    even share of K, compressed on its own ([CLS] + dominant by [CLS] attention + key-merged contextual); the LLM
+    receives the base crop's [CLS, dominant, contextual], the hi-res dominant patches in raster order of the whole
+    hi-res grid, the hi-res [CLS] features, then the hi-res contextual tokens; no newlines. Rebuilt here from the
+    vision tower's own per-crop hidden states."""
+    from resprune.pipeline import select_visionzip
+
+    model, proc = next_model
+    inputs = _inputs(proc, _image())
+    L = inputs["input_ids"].shape[1]
+    k = 40  # 5 crops (base + 2 x 2), 8 each; round(8 * 10 / 64) = 1 contextual, [CLS] + 6 dominant
+    res = prune(model, inputs, "visionzip", k, processor=proc)
+    sel, g = res.selections[0], res.geometry[0]
+    assert sel.keep == k and sel.merged.shape[0] == k and res.stats["seq_len_after"] == L - (70 - k)
+    assert sel.params["per_crop"] == (8, 8, 8, 8, 8) and sel.params["contextual"] == 1
+    assert not torch.isin(sel.keep_idx, (g.view == VIEW_NEWLINE).nonzero().squeeze(1)).any()
+    # the merged vectors fill the first K image slots
+    first = int((inputs["input_ids"][0] == model.config.image_token_id).nonzero()[0])
+    torch.testing.assert_close(res.generate_kwargs["inputs_embeds"][0, first : first + k].float(), sel.merged)
+
+    with torch.no_grad():
+        pv = inputs["pixel_values"][0]  # (5, 3, S, S): base then the hi-res crops
+        tower = model.model.vision_tower
+        hs = tower(pv, output_hidden_states=True).hidden_states
+        layer = model.config.vision_feature_layer
+        feats = hs[layer]  # (5, 17, C): [CLS] + 16 patches per crop
+        proj = model.model.multi_modal_projector
+        # per-crop [CLS] attention of the layer producing hs[layer], from its own q/k projections
+        encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
+        enc_layer = encoder.layers[layer % len(hs) - 1]
+        h = enc_layer.layer_norm1(hs[layer % len(hs) - 1])
+        att_mod = enc_layer.self_attn
+        q = att_mod.q_proj(h).view(5, 17, att_mod.num_heads, -1).transpose(1, 2)
+        kk = att_mod.k_proj(h).view(5, 17, att_mod.num_heads, -1).transpose(1, 2)
+        cls_att = ((q[:, :, :1] @ kk.transpose(-1, -2)) * att_mod.scale).softmax(-1).mean(1)[:, 0, 1:]  # (5, 16)
+    # the base crop, every patch a candidate: its [CLS], then its 6 most attended patches in index order
+    torch.testing.assert_close(sel.merged[0], proj(feats[0, :1])[0].float(), rtol=1e-4, atol=1e-5)
+    top = torch.sort(torch.sort(cls_att[0], descending=True, stable=True).indices[:6]).values
+    torch.testing.assert_close(sel.merged[1:7], proj(feats[0, 1 + top]).float(), rtol=1e-4, atol=1e-5)
+    base_idx = (g.view == VIEW_BASE).nonzero().squeeze(1)
+    assert torch.isin(base_idx[top], sel.keep_idx).all()
+    # the hi-res dominant patches: 6 per crop, in raster order of the unpadded hi-res grid (the token order)
+    hi_keep = sel.keep_idx[g.view[sel.keep_idx] == VIEW_HIRES]
+    n_dom_hi = 4 * 6
+    vis = res.visual_tokens[0]
+    # each hi-res dominant row is the projected feature of a kept hi-res token; their token indices increase
+    rows = sel.merged[8 : 8 + n_dom_hi]
+    match = torch.cdist(rows, vis[hi_keep]).argmin(1)
+    assert (torch.cdist(rows, vis[hi_keep]).min(1).values < 1e-3).all()
+    assert (match.diff() > 0).all()
+    # then the four hi-res [CLS] features, in crop order, then their contextual tokens
+    torch.testing.assert_close(
+        sel.merged[8 + n_dom_hi : 12 + n_dom_hi], proj(feats[1:, 0]).float(), rtol=1e-4, atol=1e-5
+    )
+    assert sel.merged.shape[0] == 12 + n_dom_hi + 4
+    # a direct call with the same internals gives the same selection
+    kw = resprune.adapters.ADAPTERS["LlavaNextForConditionalGeneration"].merge_internals(model, inputs)[0]
+    content = (g.view != VIEW_NEWLINE).nonzero().squeeze(1)
+    per_tok = ("cls_attention", "vision_features", "vision_keys", "crops")
+    direct = select_visionzip(vis[content], k, **{n: (v[content] if n in per_tok else v) for n, v in kw.items()})
+    torch.testing.assert_close(direct.merged, sel.merged)
+    assert torch.equal(content[direct.keep_idx], sel.keep_idx)
+    # generation runs on the merged sequence; the first step equals a plain forward
+    out = model.generate(
+        **res.generate_kwargs,
+        max_new_tokens=2,
+        min_new_tokens=2,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    with torch.no_grad():
+        plain = model(**res.generate_kwargs).logits[:, -1]
+    torch.testing.assert_close(out.logits[0], plain, rtol=1e-5, atol=1e-5)
+    # uneven budgets: the base crop takes the remainder first; K = N keeps everything unchanged
+    odd = prune(model, inputs, "visionzip", 13, processor=proc).selections[0]
+    assert odd.params["per_crop"] == (3, 3, 3, 2, 2) and odd.keep == 13
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = prune(model, inputs, "visionzip", 70, processor=proc)
+    with torch.no_grad():
+        assert torch.equal(model(**full.generate_kwargs).logits, model(**inputs).logits)
+    with pytest.raises(ValueError, match="newlines='keep'.*sends no image_newline tokens"):
+        prune(model, inputs, "visionzip", 20, processor=proc, newlines="keep")
+
+
+def test_split_budget_is_even_and_capped():
+    from resprune.pipeline import _split_budget
+
+    assert _split_budget(40, [16, 12, 12, 12, 12]) == [8, 8, 8, 8, 8]
+    assert _split_budget(13, [16, 12, 12, 12, 12]) == [3, 3, 3, 2, 2]
+    assert _split_budget(20, [16, 2, 0, 12]) == [10, 2, 0, 8]  # a small crop's share goes to the others
+    assert _split_budget(30, [16, 2, 0, 12]) == [16, 2, 0, 12]
+
+
 @pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl"])
 def test_batch_equals_per_sample(name):
     model, proc = tiny_model(name)
@@ -255,10 +351,6 @@ def test_every_method_on_every_family(family, method):
     requires = resprune.method_info(method).requires
     if "cls_attention" in requires and name == "qwen2_5_vl":
         with pytest.raises(ValueError, match="vision tower has no \\[CLS\\] token"):
-            prune(model, inputs, method, 6, processor=proc, prompt=PROMPT)
-        return
-    if "projector" in requires:  # token merging: LLaVA-1.5 only for now
-        with pytest.raises(ValueError, match="support LlavaForConditionalGeneration only, not LlavaNext"):
             prune(model, inputs, method, 6, processor=proc, prompt=PROMPT)
         return
     res = prune(model, inputs, method, 6, processor=proc, prompt=PROMPT)

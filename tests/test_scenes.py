@@ -81,6 +81,43 @@ def test_patch_targets_follow_the_masks():
         assert ((tgt[0] > 0) == (tgt[1] > 0)).all()
 
 
+def test_token_positions_are_raster_order():
+    from resprune.scenes.train import GRID, token_positions
+
+    pos = token_positions()
+    assert pos.shape == (GRID * GRID, 2)
+    assert pos[0].tolist() == [-1.0, -1.0] and pos[-1].tolist() == [1.0, 1.0]
+    assert pos[GRID - 1].tolist() == [1.0, -1.0]  # end of the first row: rightmost column, top row
+    assert pos[GRID].tolist() == [-1.0, pos[GRID, 1].item()] and -1 < pos[GRID, 1] < 0
+
+
+def test_training_script_runs_and_chains_stages(tmp_path):
+    """Two tiny stages: the second starts from the first (``--init``), its log continues the step count and its
+    training.json records both commands in order."""
+    import csv
+    import json
+
+    from transformers import LlavaForConditionalGeneration
+
+    from resprune.scenes.train import main
+
+    small = ["--scenes", "12", "--val-scenes", "4", "--batch", "4", "--workers", "1", "--eval-every", "2"]
+    small += ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
+    assert main(["--steps", "2", "--out", str(tmp_path / "s1"), *small]) == 0
+    assert main(["--steps", "4", "--out", str(tmp_path / "s2"), "--init", str(tmp_path / "s1"), *small]) == 0
+    with open(tmp_path / "s2" / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["step"]), int(r["stage"])) for r in rows] == [(2, 1), (4, 2), (6, 2)]
+    meta = json.loads((tmp_path / "s2" / "training.json").read_text())
+    assert meta["stage"] == 2 and [s["stage"] for s in meta["stages"]] == [1, 2]
+    assert "--init" not in meta["stages"][0]["command"] and "--init" in meta["stages"][1]["command"]
+    assert (tmp_path / "s2" / "learning_curve.png").stat().st_size > 0
+    m1 = LlavaForConditionalGeneration.from_pretrained(tmp_path / "s1")
+    m2 = LlavaForConditionalGeneration.from_pretrained(tmp_path / "s2")
+    assert m2.config.text_config.num_hidden_layers == 2  # the architecture came from the first stage
+    assert not all(a.equal(b) for a, b in zip(m1.parameters(), m2.parameters()))  # and was trained further
+
+
 @pytest.fixture(scope="module")
 def shipped():
     from resprune.scenes.model import DEFAULT_DIR, load_scenes_model

@@ -13,7 +13,14 @@ Recipe (what made a few-million-parameter LLaVA learn the world on two CPU cores
   the language model reads - for the colour and shape of the object under its patch and for the shape of an
   object whose centre lies in it. The visual tokens covering an object thus carry its identity, which is what
   pruning demonstrations need, and counting reduces to counting "centre" tokens.
+- The same head also regresses every visual token's own (column, row) in [-1, 1]. Llama reads the 144 image tokens
+  in raster order with 1-D RoPE, which makes "above/below" cheap (rows are 12 positions apart) but leaves
+  "left/right" (the index modulo 12) at chance; a token that carries its column linearly fixes that, and averaging
+  over an object's tokens (what the supervised attention heads do) gives the object's centre.
 - AdamW, linear warm-up then cosine decay.
+- ``--init DIR`` continues from a checkpoint (a second stage with new losses or data); the log, the curve and
+  ``training.json`` then include the earlier stages, so the shipped checkpoint is reproduced by running the stages
+  recorded there in order.
 
 Writes the checkpoint (``save_pretrained``, float32), ``train_log.csv`` (step, loss, lr, validation accuracy per
 question type), ``learning_curve.png`` and ``training.json``. Fixed seed: the same command on the same kind of
@@ -44,6 +51,7 @@ PATCH = 16
 GRID = IMAGE_SIZE // PATCH  # 12
 MIN_COVER = 40  # pixels of a 16 x 16 patch an object must cover for the patch to be labelled with it
 N_AUX = (1 + len(COLOURS), 1 + len(SHAPES), 1 + len(SHAPES))  # colour, shape, centre-shape (0: none)
+N_POS = 2  # the visual token's own column and row, regressed in [-1, 1]
 MAX_OBJECTS = 5
 ATTN_COVER = 24  # pixels of a patch an object must cover to count as "the object" for attention supervision
 ATTN_LAYER, ATTN_HEADS = 1, (0, 1)  # the language-model layer and heads whose attention is supervised
@@ -72,6 +80,14 @@ def object_patches(objects: tuple) -> np.ndarray:
         out[i] = o.mask.reshape(GRID, PATCH, GRID, PATCH).sum((1, 3)) >= ATTN_COVER
         out[i, min(int(o.y) // PATCH, GRID - 1), min(int(o.x) // PATCH, GRID - 1)] = True
     return out.reshape(MAX_OBJECTS, -1)
+
+
+def token_positions(device: Any = None) -> Any:
+    """`(GRID*GRID, 2)` float: each visual token's column and row (raster order), scaled to [-1, 1]."""
+    import torch
+
+    r = torch.linspace(-1.0, 1.0, GRID, device=device)
+    return torch.stack([r.repeat(GRID), r.repeat_interleave(GRID)], dim=-1)
 
 
 def _attention_targets(q: Any, objects: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -174,7 +190,8 @@ def normalise(images: Any, mean: Any, std: Any) -> Any:
 
 
 def forward(model: Any, aux: Any, ids: Any, am: Any, pv: Any) -> tuple[Any, Any, Any]:
-    """Hidden states `(B, L, D)` of the language model, aux logits `(B, 144, sum(N_AUX))` of the visual tokens, and
+    """Hidden states `(B, L, D)` of the language model, aux outputs `(B, 144, sum(N_AUX) + N_POS)` of the visual
+    tokens, and
     the input `(B, L, D)` of language-model layer ``ATTN_LAYER``.
 
     The same computation as ``LlavaForConditionalGeneration.forward`` (vision tower layer -2, CLS dropped,
@@ -236,9 +253,18 @@ def attention_loss(model: Any, x: Any, ids: Any, am: Any, rows: Any, pos: Any, r
 
 
 def losses(
-    model: Any, aux: Any, ids: Any, am: Any, lab: Any, pv: Any, tgt: Any, attn: tuple | None = None
+    model: Any,
+    aux: Any,
+    ids: Any,
+    am: Any,
+    lab: Any,
+    pv: Any,
+    tgt: Any,
+    attn: tuple | None = None,
+    pos_weight: float = 1.0,
 ) -> tuple[Any, Any, Any]:
-    """Answer-token cross-entropy, the dense auxiliary cross-entropy and the attention loss (``attn`` = rows,
+    """Answer-token cross-entropy, the dense auxiliary loss (mean cross-entropy of the per-token classes plus
+    ``pos_weight`` x the mean squared error of the token's own position) and the attention loss (``attn`` = rows,
     positions, relevant patches; see ``attention_loss``)."""
     import torch.nn.functional as F
 
@@ -246,10 +272,11 @@ def losses(
     sel = lab[:, 1:] != -100
     logits = model.lm_head(h[:, :-1][sel])
     lm = F.cross_entropy(logits.float(), lab[:, 1:][sel])
-    parts = aux_logits.float().split(N_AUX, dim=-1)
+    *parts, pos = aux_logits.float().split((*N_AUX, N_POS), dim=-1)
     dense = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), tgt[:, i].reshape(-1)) for i, p in enumerate(parts))
+    pos_err = F.mse_loss(pos, token_positions(pos.device).expand_as(pos))
     att = attention_loss(model, x, ids, am, *attn) if attn is not None else h.new_zeros(())
-    return lm, dense / len(N_AUX), att
+    return lm, dense / len(N_AUX) + pos_weight * pos_err, att
 
 
 def val_accuracy(
@@ -298,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--question-sets", type=int, default=3, help="question sets drawn per training scene")
     p.add_argument("--aux-weight", type=float, default=1.0, help="dense visual-token loss weight")
     p.add_argument("--attn-weight", type=float, default=1.0, help="attention supervision weight (0: off)")
+    p.add_argument("--pos-weight", type=float, default=1.0, help="visual-token position regression weight (0: off)")
     p.add_argument("--val-scenes", type=int, default=150)
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--seed", type=int, default=1234)
@@ -340,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         text_width=a.text_width,
         text_layers=a.text_layers,
     )
-    aux = torch.nn.Linear(cfg.text_config.hidden_size, sum(N_AUX)).to(a.device)  # training-only head
+    aux = torch.nn.Linear(cfg.text_config.hidden_size, sum(N_AUX) + N_POS).to(a.device)  # training-only head
+    earlier_rows, earlier_stages = [], []
     if a.init:  # continue from a checkpoint (a second stage); the aux head restarts from zero
+        earlier_rows, earlier_stages = _earlier_stages(Path(a.init))
         model = LlavaForConditionalGeneration.from_pretrained(a.init, dtype=torch.float32).to(a.device)
         torch.nn.init.zeros_(aux.weight)
         torch.nn.init.zeros_(aux.bias)
@@ -402,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.from_numpy(np.array(a_rel, dtype=bool)).to(a.device),
         )
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=a.device.startswith("cuda")):
-            lm, dense, att = losses(model, aux, ids, am, lab, pv, tgts[idx], attn if a.attn_weight else None)
+            lm, dense, att = losses(
+                model, aux, ids, am, lab, pv, tgts[idx], attn if a.attn_weight else None, a.pos_weight
+            )
         loss = lm + a.aux_weight * dense + a.attn_weight * att
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -437,11 +469,16 @@ def main(argv: list[str] | None = None) -> int:
     model.generation_config.bos_token_id = processor.tokenizer.bos_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    stage = len(earlier_stages) + 1
+    offset = int(earlier_rows[-1]["step"]) if earlier_rows else 0
+    log_rows = earlier_rows + [{**r, "step": r["step"] + offset, "stage": stage} for r in log_rows]
     with open(out / "train_log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(log_rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(log_rows[-1]))
         w.writeheader()
         w.writerows(log_rows)
     meta = {
+        "stage": stage,
+        "init": a.init,
         "device": a.device,
         "device_name": torch.cuda.get_device_name()
         if a.device.startswith("cuda")
@@ -455,15 +492,35 @@ def main(argv: list[str] | None = None) -> int:
         "train_questions": n_q,
         "aux_weight": a.aux_weight,
         "attn_weight": a.attn_weight,
+        "pos_weight": a.pos_weight,
         "parameters": n_params,
         "wall_seconds": round(time.time() - t0, 1),
         "torch": torch.__version__,
         "command": "python -m resprune.scenes.train " + " ".join(argv if argv is not None else os.sys.argv[1:]),
     }
+    if earlier_stages:
+        meta = {**meta, "stages": [*earlier_stages, dict(meta)]}
     (out / "training.json").write_text(json.dumps(meta, indent=1))
     _plot(log_rows, out / "learning_curve.png")
     print(json.dumps(meta), flush=True)
     return 0
+
+
+def _earlier_stages(init: Path) -> tuple[list[dict], list[dict]]:
+    """The log rows (numbers, each with its ``stage``) and the ``training.json`` of every stage that produced the
+    checkpoint in ``init``; empty when it has none (e.g. a checkpoint from elsewhere)."""
+    rows: list[dict] = []
+    if (init / "train_log.csv").is_file():
+        with open(init / "train_log.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                row = {k: float(v) for k, v in r.items() if v not in ("", None)}
+                row["step"], row["stage"] = int(row["step"]), int(row.get("stage", 1))
+                rows.append(row)
+    stages: list[dict] = []
+    if (init / "training.json").is_file():
+        meta = json.loads((init / "training.json").read_text())
+        stages = meta.get("stages") or [meta]
+    return rows, stages
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -484,6 +541,11 @@ def _plot(rows: list[dict], path: Path) -> None:
         a2.plot(steps, [100 * r[f"val_{t}"] for r in rows], label=t, color=c, lw=2 if t == "all" else 1)
     a2.set(xlabel="step", ylabel="%", title="validation answer accuracy (teacher-forced)")
     a2.legend(fontsize=8)
+    for prev, r in zip(rows, rows[1:]):  # where a later stage (``--init``) took over
+        if r.get("stage", 1) != prev.get("stage", 1):
+            for ax in (a1, a2):
+                ax.axvline(prev["step"], color="#999999", ls="--", lw=0.8)
+            a2.text(prev["step"], 2, f" stage {r['stage']}", fontsize=7, color="#666666")
     fig.savefig(path)
 
 
