@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from resprune.bench import __main__ as dispatch
 from resprune.bench import scenes as bench_scenes
 from resprune.bench import select as bench_select
@@ -56,6 +58,8 @@ def test_prefill_bench_small(capsys):
     assert rows[64]["flops_bound"] > 1 and rows[64]["kv_bytes"] < rows[576]["kv_bytes"]
     assert rows[64]["kv_bytes"] * rows[576]["seq_len"] == rows[576]["kv_bytes"] * rows[64]["seq_len"]
     assert rows[64]["selection_s"] > 0 and rows[576]["selection_s"] == 0
+    assert rows[576]["gemm_ceiling"] == 1.0 and rows[64]["gemm_ceiling"] > 0
+    assert rows[64]["vs_ceiling"] == pytest.approx(rows[64]["speedup"] / rows[64]["gemm_ceiling"])
     table = prefill.format_table(summary)
     assert "| 64 | " in table and "1 of 32 layers" in table
     assert (

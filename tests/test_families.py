@@ -313,18 +313,20 @@ def test_split_budget_is_even_and_capped():
     assert _split_budget(30, [16, 2, 0, 12]) == [16, 2, 0, 12]
 
 
-@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl"])
-def test_batch_equals_per_sample(name):
+@pytest.mark.parametrize(
+    ("name", "method"), [("llava_next", "residual"), ("llava_next", "visionzip"), ("qwen2_5_vl", "residual")]
+)
+def test_batch_equals_per_sample(name, method):
     model, proc = tiny_model(name)
     proc.tokenizer.padding_side = "left"
     imgs = [_image(640, 480, 1), _image(300, 420, 2)]
     texts = [chat_prompt(proc, "red circle"), chat_prompt(proc, "How many blue squares are there?")]
     batch = proc(images=imgs, text=texts, return_tensors="pt", padding=True)
-    res = prune(model, batch, "residual", 12, processor=proc)
+    res = prune(model, batch, method, 12, processor=proc)
     with torch.no_grad():
         lb = model(**res.generate_kwargs).logits[:, -1]
         for i in range(2):
-            single = prune(model, proc(images=imgs[i], text=texts[i], return_tensors="pt"), "residual", 12)
+            single = prune(model, proc(images=imgs[i], text=texts[i], return_tensors="pt"), method, 12)
             ls = model(**single.generate_kwargs).logits[:, -1]
             torch.testing.assert_close(lb[i : i + 1], ls, rtol=1e-4, atol=1e-4)
             assert torch.equal(res.selections[i].keep_idx, single.selections[0].keep_idx)

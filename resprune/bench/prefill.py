@@ -14,6 +14,10 @@ For each budget K, in one run, with the timings interleaved (so that load from o
   (``resprune.pipeline.prefill_flops``, same layer count);
 - KV-cache bytes read from the cache after prefill, and the same extrapolated to the 32 layers of the real model in
   float16;
+- GEMM ceiling = the speedup of one bare FFN-shaped product ``(L x hidden) @ (hidden x ffn)`` at the unpruned vs
+  the pruned length L, timed in the same rounds: what this machine's matrix multiply gives for that shrink of the
+  token count (small products run at lower FLOP/s, on a CPU especially), so ``measured / ceiling`` near 100 % says
+  the pruned path adds no overhead of its own;
 - selection overhead = ResPrune's selection time (no text query: the benchmark has no tokenizer) / the unpruned
   prefill time extrapolated to 32 layers (per-layer
   time x 32; the embedding and head are not scaled).
@@ -92,6 +96,9 @@ def run(
     n = int((inputs["input_ids"] == model.config.image_token_id).sum())
     keeps = tuple(sorted({min(k, n) for k in keeps} | {n}, reverse=True))  # the unpruned prefill is the reference
     results = {}
+    cfg = model.config.text_config
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(cfg.hidden_size, cfg.intermediate_size, generator=g)  # one FFN-shaped weight
     with torch.no_grad():
         for k in keeps:
             with warnings.catch_warnings():
@@ -99,10 +106,15 @@ def run(
                 res = prune(model, inputs, "resprune", k, prompt=QUESTION)
             out = model(**res.generate_kwargs, use_cache=True, logits_to_keep=1)
             nbytes, length = kv_cache_bytes(_cache_of(out))
-            results[k] = {"res": res, "kv_bytes": nbytes, "kv_len": length, "prefill": [], "select": []}
+            seq = res.stats["seq_len_after"]
+            results[k] = {"res": res, "kv_bytes": nbytes, "kv_len": length, "prefill": [], "select": [], "gemm": []}
+            results[k]["x"] = torch.randn(seq, cfg.hidden_size, generator=g)
         for _ in range(repeats):  # interleaved: every budget once per round
             for k in keeps:
                 r = results[k]
+                t0 = time.perf_counter()
+                torch.mm(r["x"], w)
+                r["gemm"].append(time.perf_counter() - t0)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     res = prune(model, inputs, "resprune", k, prompt=QUESTION)
@@ -111,8 +123,8 @@ def run(
                 model(**r["res"].generate_kwargs, use_cache=True, logits_to_keep=1)
                 r["prefill"].append(time.perf_counter() - t0)
     base = statistics.median(results[n]["prefill"])
+    base_gemm = statistics.median(results[n]["gemm"])
     base_len = results[n]["res"].stats["seq_len_after"]
-    cfg = model.config.text_config
     per_layer_kv = 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)  # K and V values
     rows = []
     for k in keeps:
@@ -129,6 +141,8 @@ def run(
                 "speedup": base / t,
                 "flops_bound": bound,
                 "efficiency": (base / t) / bound,
+                "gemm_ceiling": base_gemm / statistics.median(r["gemm"]),
+                "vs_ceiling": (base / t) / (base_gemm / statistics.median(r["gemm"])),
                 "kv_bytes": r["kv_bytes"],
                 "kv_bytes_32l_fp16": per_layer_kv * seq * REAL_LAYERS * 2,
                 "selection_s": sel,
@@ -157,14 +171,16 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{s['real_layers']} layers, {s['visual_tokens']} visual + {s['text_tokens']} text tokens, median of "
         f"{s['repeats']}; {s['machine']}",
         "",
-        "| keep K | sequence | prefill speedup (measured) | FLOPs bound | measured / bound | KV cache (measured, "
-        f"{s['layers']} layers fp32) | KV cache (32 layers fp16) | ResPrune selection / 32-layer prefill |",
-        "|---|---|---|---|---|---|---|---|",
+        "| keep K | sequence | prefill speedup (measured) | FLOPs bound | measured / bound | GEMM ceiling | "
+        f"measured / ceiling | KV cache (measured, {s['layers']} layers fp32) | KV cache (32 layers fp16) | "
+        "ResPrune selection / 32-layer prefill |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["rows"]:
         lines.append(
             f"| {r['keep']} | {r['seq_len']} | {r['speedup']:.2f}x | {r['flops_bound']:.2f}x | "
-            f"{100 * r['efficiency']:.0f} % | {r['kv_bytes'] / 2**20:.1f} MiB | "
+            f"{100 * r['efficiency']:.0f} % | {r['gemm_ceiling']:.2f}x | {100 * r['vs_ceiling']:.0f} % | "
+            f"{r['kv_bytes'] / 2**20:.1f} MiB | "
             f"{r['kv_bytes_32l_fp16'] / 2**20:.0f} MiB | "
             + ("-" if r["selection_s"] == 0 else f"{100 * r['selection_overhead']:.2f} %")
             + " |"
