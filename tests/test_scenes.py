@@ -104,12 +104,16 @@ def test_training_script_runs_and_chains_stages(tmp_path):
     small = ["--scenes", "12", "--val-scenes", "4", "--batch", "4", "--workers", "1", "--eval-every", "2"]
     small += ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
     assert main(["--steps", "2", "--out", str(tmp_path / "s1"), *small]) == 0
-    assert main(["--steps", "4", "--out", str(tmp_path / "s2"), "--init", str(tmp_path / "s1"), *small]) == 0
+    stage2 = ["--steps", "4", "--out", str(tmp_path / "s2"), "--init", str(tmp_path / "s1")]
+    assert main([*stage2, "--pos-weight", "10", "--where-weight", "10", *small]) == 0
     with open(tmp_path / "s2" / "train_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(int(r["step"]), int(r["stage"])) for r in rows] == [(2, 1), (4, 2), (6, 2)]
+    assert float(rows[0]["where_loss"]) == 0 and all(float(r["where_loss"]) > 0 for r in rows[1:])
+    assert all(float(r["attn_loss"]) > 0 for r in rows)
     meta = json.loads((tmp_path / "s2" / "training.json").read_text())
     assert meta["stage"] == 2 and [s["stage"] for s in meta["stages"]] == [1, 2]
+    assert [(s["pos_weight"], s["where_weight"]) for s in meta["stages"]] == [(0.0, 0.0), (10.0, 10.0)]
     assert "--init" not in meta["stages"][0]["command"] and "--init" in meta["stages"][1]["command"]
     assert (tmp_path / "s2" / "learning_curve.png").stat().st_size > 0
     m1 = LlavaForConditionalGeneration.from_pretrained(tmp_path / "s1")
