@@ -586,7 +586,9 @@ def _plot(rows: list[dict], path: Path) -> None:
     a1, a2 = fig.subplots(1, 2)
     steps = [r["step"] for r in rows]
     a1.plot(steps, [r["loss"] for r in rows], color="#0072B2", label="answer tokens")
-    a1.plot(steps, [r["aux_loss"] for r in rows], color="#E69F00", label="visual tokens (aux)")
+    a1.plot(
+        steps, [r["aux_loss"] for r in rows], color="#E69F00", label="visual tokens (aux; + own position from stage 2)"
+    )
     a1.plot(steps, [r["attn_loss"] for r in rows], color="#009E73", label="attention to the objects")
     if any("where_loss" in r for r in rows):
         w = [(r["step"], r["where_loss"]) for r in rows if "where_loss" in r]
@@ -602,7 +604,14 @@ def _plot(rows: list[dict], path: Path) -> None:
         if r.get("stage", 1) != prev.get("stage", 1):
             for ax in (a1, a2):
                 ax.axvline(prev["step"], color="#999999", ls="--", lw=0.8)
-            a2.text(prev["step"], 2, f" stage {r['stage']}", fontsize=7, color="#666666")
+            a2.text(
+                prev["step"],
+                0.02,
+                f" stage {r['stage']}",
+                fontsize=7,
+                color="#666666",
+                transform=a2.get_xaxis_transform(),
+            )
     fig.savefig(path)
 
 
