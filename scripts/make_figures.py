@@ -77,7 +77,7 @@ def figures(seed: int = 20_000_001, keep: int = 36, out: Path = OUT) -> None:
     small = resprune.answer(
         model, proc, scene.image, q.text, method="resprune", keep=12, max_new_tokens=4, compare=False
     ).result
-    gif = viz.greedy_animation(scene.image, small, dpi=72, duration_ms=500)
+    gif = viz.greedy_animation(scene.image, small, dpi=58, duration_ms=500)
     (out / "greedy.gif").write_bytes(gif)
     sizes["greedy.gif"] = len(gif)
     print(f"scene {seed}: {q.text} (expected {q.answer}; resprune answered {answers['resprune']!r})")

@@ -144,13 +144,15 @@ def test_shipped_checkpoint_loads_with_plain_from_pretrained():
 
 
 def test_shipped_model_smoke_accuracy(shipped):
-    """200 fixed test questions, batched greedy decoding: the issue's bar is >= 90 % (measured: 95.5 %)."""
+    """200 fixed test questions, batched greedy decoding: the issue's bar is >= 90 %; this checkpoint is held to the
+    model's own targets, >= 95 % overall and >= 90 % per question type (measured: 200 / 200)."""
     from resprune.scenes.evaluate import accuracy
 
     model, proc = shipped
     items = [(s.image, q) for s in scenes.test_scenes(60) for q in s.questions][:200]
-    correct = accuracy(model, proc, items, batch=100)["all"][0]
-    assert correct / len(items) >= 0.90, correct / len(items)
+    res = accuracy(model, proc, items, batch=100)
+    assert res["all"][0] / len(items) >= 0.95, res
+    assert all(c / n >= 0.90 for t, (c, n) in res.items() if t != "all"), res
 
 
 def test_out_of_vocabulary_question_still_answers(shipped):
