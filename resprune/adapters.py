@@ -52,14 +52,21 @@ def _layer_index(cfg: Any) -> int:
 
 
 @torch.no_grad()
-def clip_internals(tower: Any, pixel_values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, ...]:
+def clip_internals(
+    tower: Any, pixel_values: torch.Tensor, layer_idx: int, hidden_states: tuple | None = None
+) -> tuple[torch.Tensor, ...]:
     """The [CLS] -> patch attention `(B, T - 1)` (mean over heads, float32) of the CLIP layer whose output is
     ``hidden_states[layer_idx]``, recomputed from that layer's ``layer_norm1`` / ``q_proj`` / ``k_proj`` on its
     input hidden states (the tower keeps its SDPA kernel); the patch features `(B, T - 1, C)` of that output (the vision
     tower's output that the projector receives, before the projector), the patch keys of that layer averaged over
-    heads `(B, T - 1, C / H)` (VisionZip's similarity metric) and the [CLS] feature `(B, C)`."""
-    out = tower(pixel_values.to(tower.dtype), output_hidden_states=True)
-    hs = out.hidden_states  # (layers + 1) x (B, 1 + N, C); hidden_states[i] is the input of layer i
+    heads `(B, T - 1, C / H)` (VisionZip's similarity metric) and the [CLS] feature `(B, C)`.
+
+    ``hidden_states``: the tower's hidden states for these ``pixel_values`` when the caller already has them (the
+    pass that made the visual tokens), so the tower does not run twice."""
+    hs = hidden_states
+    if hs is None:
+        hs = tower(pixel_values.to(tower.dtype), output_hidden_states=True).hidden_states
+    # (layers + 1) x (B, 1 + N, C); hidden_states[i] is the input of layer i
     n_layers = len(hs) - 1
     produce = (layer_idx % (n_layers + 1)) - 1  # the layer whose output is hidden_states[layer_idx]
     if produce < 0:
@@ -96,30 +103,40 @@ class Adapter:
 
     image_kwargs_keys: tuple[str, ...] = ()
 
-    def features(self, model: Any, inputs: Any) -> list[torch.Tensor]:
-        """`(N_i, D)` visual tokens of each image, in placeholder order."""
+    def features(self, model: Any, inputs: Any, sink: dict | None = None) -> list[torch.Tensor]:
+        """`(N_i, D)` visual tokens of each image, in placeholder order; ``sink["hidden_states"]`` receives the
+        vision tower's hidden states of that same pass (for [CLS] attention and other internals)."""
         dev = model.device
         kw = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in self.image_kwargs(inputs).items()}
+        if sink is not None:  # every layer's hidden states (by default transformers keeps only the selected one)
+            kw["output_hidden_states"] = True
         out = model.model.get_image_features(pixel_values=inputs["pixel_values"].to(dev), return_dict=True, **kw)
+        if sink is not None and getattr(out, "hidden_states", None) is not None:
+            sink["hidden_states"] = out.hidden_states
         feats = out.pooler_output
         return list(feats) if not torch.is_tensor(feats) else list(feats.unbind(0))
 
-    def images(self, model: Any, processor: Any, inputs: Any, image_sizes: list | None) -> list[ImageTokens]:
+    def images(
+        self, model: Any, processor: Any, inputs: Any, image_sizes: list | None, sink: dict | None = None
+    ) -> list[ImageTokens]:
+        """The visual tokens of each image with their geometry (``sink``: see ``features``)."""
         raise NotImplementedError
 
-    def cls_attention(self, model: Any, inputs: Any) -> list[torch.Tensor]:
+    def cls_attention(self, model: Any, inputs: Any, hidden_states: tuple | None = None) -> list[torch.Tensor]:
         """`(N_i,)` [CLS] attention per image, aligned with ``features`` (0 on newline tokens)."""
-        return [a for a, _ in self.vision_internals(model, inputs)]
+        return [a for a, _ in self.vision_internals(model, inputs, hidden_states)]
 
-    def vision_internals(self, model: Any, inputs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def vision_internals(
+        self, model: Any, inputs: Any, hidden_states: tuple | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image: `(N_i,)` [CLS] attention and `(N_i, C)` vision features before the projector, aligned with
-        ``features`` (zeros on newline tokens)."""
+        ``features`` (zeros on newline tokens). ``hidden_states``: the tower's, from ``features`` (else it runs)."""
         raise ValueError(
             f"{type(model).__name__}'s vision tower has no [CLS] token, so there is no [CLS] attention; "
             "use a method that does not need it (e.g. 'resprune' with seed='max_norm')"
         )
 
-    def merge_internals(self, model: Any, inputs: Any) -> list[dict[str, Any]]:
+    def merge_internals(self, model: Any, inputs: Any, hidden_states: tuple | None = None) -> list[dict[str, Any]]:
         """What token-merging methods (VisionZip) need per image; LLaVA-family towers with a [CLS] token only."""
         raise ValueError(
             "token-merging methods (visionzip) support LlavaForConditionalGeneration and "
@@ -182,8 +199,10 @@ def llava_geometry(processor: Any, image_size: tuple[int, int], n_tokens: int) -
 class LlavaAdapter(Adapter):
     classes = ("LlavaForConditionalGeneration",)
 
-    def images(self, model: Any, processor: Any, inputs: Any, image_sizes: list | None) -> list[ImageTokens]:
-        feats = self.features(model, inputs)
+    def images(
+        self, model: Any, processor: Any, inputs: Any, image_sizes: list | None, sink: dict | None = None
+    ) -> list[ImageTokens]:
+        feats = self.features(model, inputs, sink)
         pv = inputs["pixel_values"]
         out = []
         for i, f in enumerate(feats):
@@ -194,17 +213,19 @@ class LlavaAdapter(Adapter):
             out.append(ImageTokens(f, geo, torch.full((f.shape[0],), VIEW_BASE)))
         return out
 
-    def vision_internals(self, model: Any, inputs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def vision_internals(
+        self, model: Any, inputs: Any, hidden_states: tuple | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         att, feats, _, _ = clip_internals(
-            model.model.vision_tower, inputs["pixel_values"].to(model.device), _layer_index(model.config)
+            model.model.vision_tower, inputs["pixel_values"].to(model.device), _layer_index(model.config), hidden_states
         )
         return list(zip(att.cpu().unbind(0), feats.cpu().unbind(0)))
 
-    def merge_internals(self, model: Any, inputs: Any) -> list[dict[str, Any]]:
+    def merge_internals(self, model: Any, inputs: Any, hidden_states: tuple | None = None) -> list[dict[str, Any]]:
         """Per image what VisionZip needs: [CLS] attention, patch features and keys, the [CLS] feature, and the
         projector that maps merged features to the LLM's input space."""
         att, feats, keys, cls = clip_internals(
-            model.model.vision_tower, inputs["pixel_values"].to(model.device), _layer_index(model.config)
+            model.model.vision_tower, inputs["pixel_values"].to(model.device), _layer_index(model.config), hidden_states
         )
         project = _projector(model)
         return [
@@ -268,11 +289,13 @@ class LlavaNextAdapter(Adapter):
         )
         return list(packed) if isinstance(packed, (list, tuple)) else [packed]
 
-    def images(self, model: Any, processor: Any, inputs: Any, image_sizes: list | None) -> list[ImageTokens]:
+    def images(
+        self, model: Any, processor: Any, inputs: Any, image_sizes: list | None, sink: dict | None = None
+    ) -> list[ImageTokens]:
         from transformers.image_processing_utils import select_best_resolution
 
         cfg = model.config
-        feats = self.features(model, inputs)
+        feats = self.features(model, inputs, sink)
         pv, counts = self._crops(model, inputs)
         g = cfg.vision_config.image_size // cfg.vision_config.patch_size  # tokens per crop side
         t = g * g
@@ -327,20 +350,23 @@ class LlavaNextAdapter(Adapter):
             out.append(ImageTokens(f, geo, view))
         return out
 
-    def vision_internals(self, model: Any, inputs: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def vision_internals(
+        self, model: Any, inputs: Any, hidden_states: tuple | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         pv, counts = self._crops(model, inputs)
-        att, feats, _, _ = clip_internals(model.model.vision_tower, pv.to(model.device), _layer_index(model.config))
+        tower, layer = model.model.vision_tower, _layer_index(model.config)
+        att, feats, _, _ = clip_internals(tower, pv.to(model.device), layer, hidden_states)
         both = torch.cat([att.cpu()[..., None], feats.cpu()], -1)  # packed together: one layout
         packed = self._pack(model, inputs, both, counts, torch.zeros(both.shape[-1]))
         return [(p[:, 0], p[:, 1:]) for p in packed]
 
-    def merge_internals(self, model: Any, inputs: Any) -> list[dict[str, Any]]:
+    def merge_internals(self, model: Any, inputs: Any, hidden_states: tuple | None = None) -> list[dict[str, Any]]:
         """VisionZip's internals per crop, packed into the image's token layout like the features: [CLS]
         attention, patch features and keys, and each token's crop (0 = base view, -1 on newline tokens); plus one
         [CLS] feature per crop and the projector."""
         pv, counts = self._crops(model, inputs)
         tower, layer = model.model.vision_tower, _layer_index(model.config)
-        att, feats, keys, cls = clip_internals(tower, pv.to(model.device), layer)
+        att, feats, keys, cls = clip_internals(tower, pv.to(model.device), layer, hidden_states)
         crop = torch.cat([torch.arange(k) for k in counts]).float()[:, None, None].expand(-1, att.shape[1], 1)
         both = torch.cat([crop, att.cpu()[..., None], feats.cpu(), keys.cpu()], -1)
         newline = torch.zeros(both.shape[-1])
@@ -378,8 +404,10 @@ class QwenAdapter(Adapter):
     def image_kwargs(self, inputs: Any) -> dict[str, Any]:
         return {"image_grid_thw": inputs["image_grid_thw"]}
 
-    def images(self, model: Any, processor: Any, inputs: Any, image_sizes: list | None) -> list[ImageTokens]:
-        feats = self.features(model, inputs)
+    def images(
+        self, model: Any, processor: Any, inputs: Any, image_sizes: list | None, sink: dict | None = None
+    ) -> list[ImageTokens]:
+        feats = self.features(model, inputs, sink)
         vc = model.config.vision_config
         m, patch = vc.spatial_merge_size, vc.patch_size
         out = []

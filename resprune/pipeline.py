@@ -472,7 +472,16 @@ def prune(
     if n_placeholders == 0:
         raise ValueError("inputs: the prompt has no image placeholder token; add the image to the chat message")
     adapter.check_inputs(inputs)
-    images = adapter.images(model, processor, inputs, image_sizes)
+    wants_cls = ("cls_attention" in info.requires and "projector" not in info.requires) or (
+        method == "resprune"
+        and adapter.has_cls
+        and hparams.get("seed", "auto") in ("auto", "prior")
+        and "seed_prior" not in hparams
+    )
+    # vision internals ([CLS] attention, pre-projector features, keys) come from the tower pass that makes the tokens
+    vision = {} if adapter.has_cls and (wants_cls or "vision_features" in info.requires) else None
+    images = adapter.images(model, processor, inputs, image_sizes, vision)
+    hs = vision.get("hidden_states") if vision is not None else None
     b = input_ids.shape[0]
     counts = [im.tokens.shape[0] for im in images]
     if n_placeholders != sum(counts):
@@ -491,12 +500,6 @@ def prune(
 
     dev = model.device
     cls_att = None
-    wants_cls = ("cls_attention" in info.requires and "projector" not in info.requires) or (
-        method == "resprune"
-        and adapter.has_cls
-        and hparams.get("seed", "auto") in ("auto", "prior")
-        and "seed_prior" not in hparams
-    )
     vis_feats = llm_att = None
     if info.stage == "llm":
         if b != 1:
@@ -519,12 +522,12 @@ def prune(
                 f"newlines={newlines!r}: method {method!r} merges tokens per crop and, like its released LLaVA-NeXT "
                 "code, sends no image_newline tokens; use newlines='drop'"
             )
-        merge_kw = adapter.merge_internals(model, inputs)
+        merge_kw = adapter.merge_internals(model, inputs, hs)
     if "vision_features" in inspect.signature(fn).parameters and merge_kw is None:  # VisPruner-style similarity
-        internals = adapter.vision_internals(model, inputs)
+        internals = adapter.vision_internals(model, inputs, hs)
         cls_att, vis_feats = [a for a, _ in internals], [f for _, f in internals]
     elif wants_cls:
-        cls_att = adapter.cls_attention(model, inputs)
+        cls_att = adapter.cls_attention(model, inputs, hs)
     tokenizer = getattr(processor, "tokenizer", processor)
     words, query = query_embeddings(model, tokenizer, prompt)
 

@@ -414,3 +414,18 @@ def test_saved_checkpoints_load_through_load_model(name, tmp_path):
     assert torch.equal(inputs["pixel_values"], ref["pixel_values"])
     res = prune(m2, inputs, "resprune", 5, processor=p2, prompt=PROMPT)
     assert res.selections[0].keep == 5
+
+
+@pytest.mark.parametrize("method", ["resprune", "cls", "vispruner", "visionzip"])
+@pytest.mark.parametrize("name", ["llava", "llava_next"])
+def test_the_vision_tower_runs_once(name, method):
+    """[CLS] attention and the other vision internals come from the same tower pass that made the visual tokens."""
+    model, proc = tiny_model(name)
+    inputs = _inputs(proc, _image())
+    calls = []
+    handle = model.model.vision_tower.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        res = prune(model, inputs, method, 12, processor=proc, prompt=PROMPT)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and res.selections[0].keep == 12
