@@ -1,7 +1,7 @@
 """Make the README's figures and the app screenshot from the offline default model.
 
     python scripts/make_figures.py                # figures into assets/figures/
-    python scripts/make_figures.py --out /tmp/f   # somewhere else
+    python scripts/make_figures.py --out my-figures   # somewhere else
     python scripts/make_figures.py --screenshot   # also assets/figures/app.png (needs Debian chromium)
 
 One test-split scene, its shape question, and every registered method at K = 36 of the 144 visual tokens: the
