@@ -201,3 +201,23 @@ def _tiny_qwen(sensitive: bool) -> tuple[Any, Any]:
     ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
     proc = QwenImageProcessor(ip, tok, chat_template=QWEN_TEMPLATE)
     return (_sensitise(model) if sensitive else model), proc
+
+
+def generate_checking_first_step(model: Any, result: Any, new_tokens: int) -> Any:
+    """Greedy ``model.generate`` of exactly ``new_tokens`` tokens on a pre-LLM ``PruneResult``'s
+    ``generate_kwargs``, with per-step logits; asserts that the first step equals a plain forward on the pruned
+    sequence (float32 tolerance) and returns the generate output (for the cache and the later steps)."""
+    import torch
+
+    out = model.generate(
+        **result.generate_kwargs,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    with torch.no_grad():
+        plain = model(**result.generate_kwargs).logits[:, -1]
+    torch.testing.assert_close(out.logits[0], plain, rtol=1e-5, atol=1e-5)
+    return out

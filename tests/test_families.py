@@ -14,7 +14,7 @@ from PIL import Image
 
 import resprune
 from resprune.pipeline import chat_prompt, kv_cache_bytes, prune
-from resprune.testing import tiny_model
+from resprune.testing import generate_checking_first_step, tiny_model
 from resprune.types import VIEW_BASE, VIEW_HIRES, VIEW_NEWLINE
 
 PROMPT = "What colour is the circle?"
@@ -72,19 +72,9 @@ def test_quarter_budget_shortens_sequence_and_cache(family):
     L = inputs["input_ids"].shape[1]
     assert res.selections[0].keep == k and res.stats["visual_tokens_after"] == k
     assert res.generate_kwargs["inputs_embeds"].shape[1] == L - (n - k) == res.stats["seq_len_after"]
-    out = model.generate(
-        **res.generate_kwargs,
-        max_new_tokens=3,
-        min_new_tokens=3,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
+    out = generate_checking_first_step(model, res, 3)  # first generated step == a plain forward
     _, length = kv_cache_bytes(resprune.pipeline._cache_of(out))
     assert length == L - (n - k) + 2
-    with torch.no_grad():  # the first generated step == a plain forward on the pruned sequence
-        plain = model(**res.generate_kwargs).logits[:, -1]
-    torch.testing.assert_close(out.logits[0], plain, rtol=1e-5, atol=1e-5)
 
 
 def test_qwen_keeps_the_gathered_original_mrope_positions(qwen_model):
@@ -280,18 +270,7 @@ def test_next_visionzip_compresses_each_crop(next_model):
     direct = select_visionzip(vis[content], k, **{n: (v[content] if n in per_tok else v) for n, v in kw.items()})
     torch.testing.assert_close(direct.merged, sel.merged)
     assert torch.equal(content[direct.keep_idx], sel.keep_idx)
-    # generation runs on the merged sequence; the first step equals a plain forward
-    out = model.generate(
-        **res.generate_kwargs,
-        max_new_tokens=2,
-        min_new_tokens=2,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    with torch.no_grad():
-        plain = model(**res.generate_kwargs).logits[:, -1]
-    torch.testing.assert_close(out.logits[0], plain, rtol=1e-5, atol=1e-5)
+    generate_checking_first_step(model, res, 2)  # generation on the merged sequence; first step == a plain forward
     # uneven budgets: the base crop takes the remainder first; K = N keeps everything unchanged
     odd = prune(model, inputs, "visionzip", 13, processor=proc).selections[0]
     assert odd.params["per_crop"] == (3, 3, 3, 2, 2) and odd.keep == 13

@@ -14,6 +14,7 @@ from PIL import Image
 
 import resprune
 from resprune.pipeline import chat_prompt, llava_geometry, prune
+from resprune.testing import generate_checking_first_step
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,19 +65,9 @@ def test_quarter_budget_shortens_sequence_and_cache(tiny_llava, positions):
     L = inputs["input_ids"].shape[1]
     assert res.generate_kwargs["inputs_embeds"].shape[1] == L - 48
     assert res.stats["seq_len_before"] - res.stats["seq_len_after"] == 48
-    out = model.generate(
-        **res.generate_kwargs,
-        max_new_tokens=3,
-        min_new_tokens=3,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
+    out = generate_checking_first_step(model, res, 3)  # first generated step == a plain forward
     nbytes, length = resprune.pipeline.kv_cache_bytes(resprune.pipeline._cache_of(out))
     assert length == L - 48 + 2  # prompt + generated tokens but the last
-    with torch.no_grad():  # first generated step == a plain forward on the pruned sequence
-        plain = model(**res.generate_kwargs).logits[:, -1]
-    torch.testing.assert_close(out.logits[0], plain, rtol=1e-5, atol=1e-5)
 
 
 def test_positions_matter(tiny_llava):
@@ -277,10 +268,9 @@ def test_visionzip_dominant_plus_contextual_merge():
     feats = torch.randn(n, c_dim, generator=g)
     keys = torch.randn(n, 4, generator=g)
     cls = torch.randn(c_dim, generator=g)
-    ident = lambda x: x  # noqa: E731 - the projector, identity here so the merge can be checked directly
-    sel = select_visionzip(
-        tokens, 8, cls_attention=att, vision_features=feats, vision_keys=keys, cls_feature=cls, projector=ident
-    )
+    # the projector is the identity here, so the merge can be checked directly
+    internals = dict(cls_attention=att, vision_features=feats, vision_keys=keys, cls_feature=cls, projector=lambda x: x)
+    sel = select_visionzip(tokens, 8, **internals)
     # K = 8: round(8 * 10 / 64) = 1 contextual, 7 dominant = [CLS] + 6 patches (the 6 most attended: 14..19)
     assert sel.keep == 8 and sel.merged.shape == (8, c_dim) and sel.params["contextual"] == 1
     torch.testing.assert_close(sel.merged[0], cls)
@@ -289,16 +279,7 @@ def test_visionzip_dominant_plus_contextual_merge():
     torch.testing.assert_close(sel.merged[7], feats[0] + feats[1:14].mean(0))
     assert sel.keep_idx.tolist() == [0, 14, 15, 16, 17, 18, 19]
     # two targets: each other patch joins the target with the most similar normalised key
-    sel2 = select_visionzip(
-        tokens,
-        9,
-        cls_attention=att,
-        vision_features=feats,
-        vision_keys=keys,
-        cls_feature=cls,
-        projector=ident,
-        contextual=2,
-    )
+    sel2 = select_visionzip(tokens, 9, **internals, contextual=2)
     rest = torch.arange(0, 14)
     targets = rest[torch.arange(0, 14, 7)[:2]]  # 0 and 7
     others = rest[~torch.isin(rest, targets)]
@@ -311,16 +292,7 @@ def test_visionzip_dominant_plus_contextual_merge():
     with pytest.raises(ValueError, match="needs cls_attention"):
         resprune.select(tokens, 4, "visionzip")
     with pytest.raises(ValueError, match=r"contextual must be an int in \[0, keep - 1\]"):
-        select_visionzip(
-            tokens,
-            4,
-            cls_attention=att,
-            vision_features=feats,
-            vision_keys=keys,
-            cls_feature=cls,
-            projector=ident,
-            contextual=4,
-        )
+        select_visionzip(tokens, 4, **internals, contextual=4)
 
 
 def test_visionzip_in_the_pipeline(tiny_llava):
@@ -339,17 +311,7 @@ def test_visionzip_in_the_pipeline(tiny_llava):
         hs = model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
         cls = model.model.multi_modal_projector(hs[model.config.vision_feature_layer][0, :1])[0]
     torch.testing.assert_close(sel.merged[0], cls.float())
-    out = model.generate(
-        **res.generate_kwargs,
-        max_new_tokens=2,
-        min_new_tokens=2,
-        do_sample=False,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    with torch.no_grad():
-        plain = model(**res.generate_kwargs).logits[:, -1]
-    torch.testing.assert_close(out.logits[0], plain, rtol=1e-5, atol=1e-5)
+    generate_checking_first_step(model, res, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         full = prune(model, inputs, "visionzip", 64, processor=proc)
