@@ -122,6 +122,26 @@ def test_training_script_runs_and_chains_stages(tmp_path):
     assert not all(a.equal(b) for a, b in zip(m1.parameters(), m2.parameters()))  # and was trained further
 
 
+def test_training_switches_the_position_losses_on_part_way(tmp_path):
+    """``--position-from 0.5``: the object-centre loss is off for the first half of the schedule and on after it."""
+    import csv
+    import json
+
+    from resprune.scenes.train import main
+
+    small = ["--scenes", "12", "--val-scenes", "4", "--batch", "4", "--workers", "1", "--eval-every", "1"]
+    small += ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
+    args = ["--steps", "4", "--pos-weight", "10", "--where-weight", "10", "--position-from", "0.5"]
+    assert main([*args, "--out", str(tmp_path / "m"), *small]) == 0
+    with open(tmp_path / "m" / "train_log.csv", newline="") as f:
+        where = [float(r["where_loss"]) for r in csv.DictReader(f)]
+    assert len(where) == 4 and where[:2] == [0.0, 0.0] and all(w > 0 for w in where[2:]), where
+    meta = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert meta["position_from"] == 0.5 and meta["steps"] == 4
+    with pytest.raises(SystemExit):  # argparse's error, which names the flag
+        main(["--position-from", "1.5", "--out", str(tmp_path / "bad")])
+
+
 @pytest.fixture(scope="module")
 def shipped():
     from resprune.scenes.model import DEFAULT_DIR, load_scenes_model

@@ -359,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attn-weight", type=float, default=1.0, help="attention supervision weight (0: off)")
     p.add_argument("--pos-weight", type=float, default=0.0, help="visual-token position regression weight (0: off)")
     p.add_argument("--where-weight", type=float, default=0.0, help="object-centre regression weight (0: off)")
+    p.add_argument(
+        "--position-from",
+        type=float,
+        default=0.0,
+        help="share of the schedule after which --pos-weight and --where-weight switch on (0: from the start)",
+    )
     p.add_argument("--val-scenes", type=int, default=150)
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--seed", type=int, default=1234)
@@ -377,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--init", default=None, help="start from the model in this folder instead of from scratch")
     a = p.parse_args(argv)
+    if not 0.0 <= a.position_from < 1.0:
+        p.error(f"--position-from must be in [0, 1) (a share of the schedule), got {a.position_from}")
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -470,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.tensor(a_pos, device=a.device),
             torch.from_numpy(np.array(a_rel, dtype=bool)).to(a.device),
         )
+        # the position losses wait until the answer and attention losses have done most of their work
+        on = step >= int(a.position_from * total[0])
+        pos_w, where_w = (a.pos_weight, a.where_weight) if on else (0.0, 0.0)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=a.device.startswith("cuda")):
             lm, dense, att, where = losses(
                 model,
@@ -479,11 +490,11 @@ def main(argv: list[str] | None = None) -> int:
                 lab,
                 pv,
                 tgts[idx],
-                attn if a.attn_weight or a.where_weight else None,
-                a.pos_weight,
-                bool(a.where_weight),
+                attn if a.attn_weight or where_w else None,
+                pos_w,
+                bool(where_w),
             )
-        loss = lm + a.aux_weight * dense + a.attn_weight * att + a.where_weight * where
+        loss = lm + a.aux_weight * dense + a.attn_weight * att + where_w * where
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -547,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         "attn_weight": a.attn_weight,
         "where_weight": a.where_weight,
         "pos_weight": a.pos_weight,
+        "position_from": a.position_from,
         "parameters": n_params,
         "wall_seconds": round(time.time() - t0, 1),
         "torch": torch.__version__,
@@ -555,7 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     if earlier_stages:
         meta = {**meta, "stages": [*earlier_stages, dict(meta)]}
     (out / "training.json").write_text(json.dumps(meta, indent=1))
-    _plot(log_rows, out / "learning_curve.png")
+    marks = []
+    if a.position_from and (a.pos_weight or a.where_weight):
+        marks.append((offset + int(a.position_from * total[0]), "position losses on"))
+    _plot(log_rows, out / "learning_curve.png", marks)
     print(json.dumps(meta), flush=True)
     return 0
 
@@ -577,7 +592,9 @@ def _earlier_stages(init: Path) -> tuple[list[dict], list[dict]]:
     return rows, stages
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, marks: list[tuple[int, str]] = ()) -> None:
+    """Losses and validation accuracy against the step; a dashed line where a later stage took over and a dotted one
+    at each of ``marks`` (step, label)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -586,9 +603,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     a1, a2 = fig.subplots(1, 2)
     steps = [r["step"] for r in rows]
     a1.plot(steps, [r["loss"] for r in rows], color="#0072B2", label="answer tokens")
-    a1.plot(
-        steps, [r["aux_loss"] for r in rows], color="#E69F00", label="visual tokens (aux; + own position from stage 2)"
-    )
+    a1.plot(steps, [r["aux_loss"] for r in rows], color="#E69F00", label="visual tokens (aux; + own position when on)")
     a1.plot(steps, [r["attn_loss"] for r in rows], color="#009E73", label="attention to the objects")
     if any("where_loss" in r for r in rows):
         w = [(r["step"], r["where_loss"]) for r in rows if "where_loss" in r]
@@ -612,6 +627,10 @@ def _plot(rows: list[dict], path: Path) -> None:
                 color="#666666",
                 transform=a2.get_xaxis_transform(),
             )
+    for step, label in marks:
+        for ax in (a1, a2):
+            ax.axvline(step, color="#999999", ls=":", lw=0.8)
+        a2.text(step, 0.02, f" {label}", fontsize=7, color="#666666", transform=a2.get_xaxis_transform())
     fig.savefig(path)
 
 
