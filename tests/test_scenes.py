@@ -142,6 +142,36 @@ def test_training_switches_the_position_losses_on_part_way(tmp_path):
         main(["--position-from", "1.5", "--out", str(tmp_path / "bad")])
 
 
+def test_budget_steps_replays_a_time_budget_schedule(tmp_path):
+    """``--budget-steps N`` (the replay of a ``--time-budget`` run that fixed its schedule at N steps at step 60) is
+    deterministic and is not the same schedule as ``--steps N`` (whose warm-up and cosine know N from step 0)."""
+    import json
+
+    from transformers import LlavaForConditionalGeneration
+
+    from resprune.scenes.train import main
+
+    small = ["--scenes", "8", "--val-scenes", "2", "--batch", "2", "--workers", "1", "--eval-every", "1000"]
+    small += ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
+    for name, args in (
+        ("a", ["--steps", "100", "--budget-steps", "64"]),
+        ("b", ["--steps", "100", "--budget-steps", "64"]),
+        ("c", ["--steps", "64"]),
+    ):
+        assert main([*args, "--out", str(tmp_path / name), *small]) == 0
+    a, b, c = (LlavaForConditionalGeneration.from_pretrained(tmp_path / n) for n in "abc")
+    assert all(x.equal(y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not all(x.equal(y) for x, y in zip(a.parameters(), c.parameters()))
+    assert json.loads((tmp_path / "a" / "training.json").read_text())["steps"] == 64
+    for bad in (
+        ["--budget-steps", "30"],
+        ["--budget-steps", "64", "--time-budget", "10"],
+        ["--steps", "50", "--time-budget", "10"],
+    ):
+        with pytest.raises(SystemExit):
+            main([*bad, "--out", str(tmp_path / "bad")])
+
+
 @pytest.fixture(scope="module")
 def shipped():
     from resprune.scenes.model import DEFAULT_DIR, load_scenes_model

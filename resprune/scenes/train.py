@@ -28,7 +28,8 @@ Recipe (what made a few-million-parameter LLaVA learn the world on two CPU cores
 
 Writes the checkpoint (``save_pretrained``, float32), ``train_log.csv`` (step, loss, lr, validation accuracy per
 question type), ``learning_curve.png`` and ``training.json``. Fixed seed: the same command on the same kind of
-device reproduces the checkpoint.
+device reproduces the checkpoint. ``--time-budget`` depends on the machine's speed, so it prints the step count it
+chose; ``--budget-steps N`` replays that run exactly (same schedule, including its first 60 steps).
 """
 
 from __future__ import annotations
@@ -381,8 +382,23 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="seconds of training: the step count is fixed from the speed of steps 20-60 (0: use --steps)",
     )
+    p.add_argument(
+        "--budget-steps",
+        type=int,
+        default=0,
+        help="replay a --time-budget run that fixed its schedule at this many steps: the first 60 steps follow "
+        "--steps' schedule and the length is then set to this, exactly as the time budget did (0: off)",
+    )
     p.add_argument("--init", default=None, help="start from the model in this folder instead of from scratch")
     a = p.parse_args(argv)
+    if a.time_budget and a.budget_steps:
+        p.error("--budget-steps replays a --time-budget run: give one of them, not both")
+    if a.budget_steps and a.budget_steps < _FIX_AT:
+        p.error(f"--budget-steps must be at least {_FIX_AT}, got {a.budget_steps}")
+    if (a.time_budget or a.budget_steps) and a.steps <= _FIX_AT:
+        p.error(
+            f"--time-budget and --budget-steps need --steps above {_FIX_AT} (the schedule is fixed at step {_FIX_AT})"
+        )
     if not 0.0 <= a.position_from < 1.0:
         p.error(f"--position-from must be in [0, 1) (a share of the schedule), got {a.position_from}")
 
@@ -453,11 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     while step < total[0]:
         if a.time_budget and step == 20:
             t20 = time.time()
-        if a.time_budget and step == 60:  # fix the schedule's length from the measured speed
-            per_step = (time.time() - t20) / 40
-            total[0] = max(100, 60 + int((a.time_budget - (time.time() - t_train)) / per_step))
+        if a.time_budget and step == _FIX_AT:  # fix the schedule's length from the measured speed
+            per_step = (time.time() - t20) / (_FIX_AT - 20)
+            total[0] = max(100, _FIX_AT + int((a.time_budget - (time.time() - t_train)) / per_step))
             bar.total = total[0]
-            print(f"{per_step:.2f} s/step: training for {total[0]} steps", flush=True)
+            print(
+                f"{per_step:.2f} s/step: training for {total[0]} steps (replay: --budget-steps {total[0]})", flush=True
+            )
+        if a.budget_steps and step == _FIX_AT:
+            total[0] = bar.total = a.budget_steps
         sc = rng.integers(0, len(train_imgs), a.batch)
         seqs, labs, a_rows, a_pos, a_rel = [], [], [], [], []
         for b, i in enumerate(sc):
@@ -573,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     _plot(log_rows, out / "learning_curve.png", marks)
     print(json.dumps(meta), flush=True)
     return 0
+
+
+_FIX_AT = 60  # the step at which --time-budget (or its replay, --budget-steps) fixes the schedule's length
 
 
 def _earlier_stages(init: Path) -> tuple[list[dict], list[dict]]:
