@@ -628,8 +628,8 @@ def _plot(rows: list[dict], path: Path, marks: list[tuple[int, str]] = ()) -> No
     a1.plot(steps, [r["loss"] for r in rows], color="#0072B2", label="answer tokens")
     a1.plot(steps, [r["aux_loss"] for r in rows], color="#E69F00", label="visual tokens (aux; + own position when on)")
     a1.plot(steps, [r["attn_loss"] for r in rows], color="#009E73", label="attention to the objects")
-    if any("where_loss" in r for r in rows):
-        w = [(r["step"], r["where_loss"]) for r in rows if "where_loss" in r]
+    w = [(r["step"], r["where_loss"]) for r in rows if r.get("where_loss")]  # 0 while off: no point on a log axis
+    if w:
         a1.plot(*zip(*w), color="#CC79A7", label="where the objects are")
     a1.set_yscale("log")
     a1.set(xlabel="step", title="training loss (EMA)")
