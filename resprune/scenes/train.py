@@ -20,11 +20,13 @@ Recipe (what made a few-million-parameter LLaVA learn the world on two CPU cores
 - Where, not only what: a second training-only head reads, from the output of the layer whose two heads are
   supervised to look at the question's objects, the centre of each head's objects. With the token positions above
   this makes "left or right of" a comparison of two numbers the later layers can learn; without both, the model
-  answered left/right at chance (54 %) while above/below reached 95 %.
+  answered left/right at chance (54 %) while above/below reached 95 %. Both position losses switch on part-way
+  (``--position-from``, a share of the schedule): from step 0 the object-centre loss asks for centres before the
+  supervised heads look at the objects, and slowed every question type down.
 - AdamW, linear warm-up then cosine decay.
 - ``--init DIR`` continues from a checkpoint (a second stage with new losses or data); the log, the curve and
-  ``training.json`` then include the earlier stages, so the shipped checkpoint is reproduced by running the stages
-  recorded there in order.
+  ``training.json`` then include the earlier stages and each stage's command, to be run in order. The shipped
+  checkpoint is one run: its command is in ``assets/scenes-model/training.json`` and the model card.
 
 Writes the checkpoint (``save_pretrained``, float32), ``train_log.csv`` (step, loss, lr, validation accuracy per
 question type), ``learning_curve.png`` and ``training.json``. Fixed seed: the same command on the same kind of
