@@ -91,6 +91,9 @@ def test_token_positions_are_raster_order():
     assert pos[GRID].tolist() == [-1.0, pos[GRID, 1].item()] and -1 < pos[GRID, 1] < 0
 
 
+TINY_MODEL = ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
+
+
 def test_training_script_runs_and_chains_stages(tmp_path):
     """Two tiny stages: the second starts from the first (``--init``), its log continues the step count and its
     training.json records both commands in order."""
@@ -102,7 +105,7 @@ def test_training_script_runs_and_chains_stages(tmp_path):
     from resprune.scenes.train import main
 
     small = ["--scenes", "12", "--val-scenes", "4", "--batch", "4", "--workers", "1", "--eval-every", "2"]
-    small += ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
+    small += TINY_MODEL
     assert main(["--steps", "2", "--out", str(tmp_path / "s1"), *small]) == 0
     stage2 = ["--steps", "4", "--out", str(tmp_path / "s2"), "--init", str(tmp_path / "s1")]
     assert main([*stage2, "--pos-weight", "10", "--where-weight", "10", *small]) == 0
@@ -130,7 +133,7 @@ def test_training_switches_the_position_losses_on_part_way(tmp_path):
     from resprune.scenes.train import main
 
     small = ["--scenes", "12", "--val-scenes", "4", "--batch", "4", "--workers", "1", "--eval-every", "1"]
-    small += ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
+    small += TINY_MODEL
     args = ["--steps", "4", "--pos-weight", "10", "--where-weight", "10", "--position-from", "0.5"]
     assert main([*args, "--out", str(tmp_path / "m"), *small]) == 0
     with open(tmp_path / "m" / "train_log.csv", newline="") as f:
@@ -153,7 +156,7 @@ def test_budget_steps_replays_a_time_budget_schedule(tmp_path):
     from resprune.scenes.train import main
 
     small = ["--scenes", "8", "--val-scenes", "2", "--batch", "2", "--workers", "1", "--eval-every", "1000"]
-    small += ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
+    small += TINY_MODEL
     small += ["--threads", "1"]  # bit-exact: with two threads, CPU reductions may sum in a different order
     threads = torch.get_num_threads()
     try:

@@ -457,6 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total[0])))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+    def position_on() -> int:  # the step at which --pos-weight / --where-weight switch on
+        return int(a.position_from * total[0])
+
     rng = np.random.default_rng(a.seed)
     imgs = torch.from_numpy(train_imgs).to(a.device)
     tgts = torch.from_numpy(train_tgt.astype(np.int64)).to(a.device)
@@ -471,15 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     while step < total[0]:
         if a.time_budget and step == 20:
             t20 = time.time()
+        if a.budget_steps and step == _FIX_AT:  # the replay of a time budget
+            total[0] = bar.total = a.budget_steps
         if a.time_budget and step == _FIX_AT:  # fix the schedule's length from the measured speed
             per_step = (time.time() - t20) / (_FIX_AT - 20)
-            total[0] = max(100, _FIX_AT + int((a.time_budget - (time.time() - t_train)) / per_step))
-            bar.total = total[0]
+            total[0] = bar.total = max(100, _FIX_AT + int((a.time_budget - (time.time() - t_train)) / per_step))
             print(
                 f"{per_step:.2f} s/step: training for {total[0]} steps (replay: --budget-steps {total[0]})", flush=True
             )
-        if a.budget_steps and step == _FIX_AT:
-            total[0] = bar.total = a.budget_steps
         sc = rng.integers(0, len(train_imgs), a.batch)
         seqs, labs, a_rows, a_pos, a_rel = [], [], [], [], []
         for b, i in enumerate(sc):
@@ -501,8 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.from_numpy(np.array(a_rel, dtype=bool)).to(a.device),
         )
         # the position losses wait until the answer and attention losses have done most of their work
-        on = step >= int(a.position_from * total[0])
-        pos_w, where_w = (a.pos_weight, a.where_weight) if on else (0.0, 0.0)
+        pos_w, where_w = (a.pos_weight, a.where_weight) if step >= position_on() else (0.0, 0.0)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=a.device.startswith("cuda")):
             lm, dense, att, where = losses(
                 model,
@@ -591,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "training.json").write_text(json.dumps(meta, indent=1))
     marks = []
     if a.position_from and (a.pos_weight or a.where_weight):
-        marks.append((offset + int(a.position_from * total[0]), "position losses on"))
+        marks.append((offset + position_on(), "position losses on"))
     _plot(log_rows, out / "learning_curve.png", marks)
     print(json.dumps(meta), flush=True)
     return 0
