@@ -1,19 +1,25 @@
-"""The method registry: one pure selection function per name, one signature.
+"""The method registry: one selection function per name, one signature, and what each method needs.
 
 Every selection function has the signature::
 
-    fn(tokens: Tensor (N, D), keep: int, *, query: Tensor (Q, D) | None = None, **hparams) -> Selection
+    fn(tokens: Tensor (N, D), keep: int, *, query: Tensor (Q, D) | None = None, **kwargs) -> Selection
 
-Methods that need model internals (CLS attention, ...) take them as extra keyword arguments, supplied by the
-model adapters. ``requires`` records those names so callers can tell which methods they can run.
+A method declares in its registration the model internals it takes (``requires``: cannot run without them;
+``optional``: keyword -> internal, used when the model offers it) and where it acts (``stage``). ``prune`` passes
+exactly the declared internals, so no code outside a method's own file needs to know its name. ``hparams`` (the
+tunable keyword arguments) are read from the function's signature, for UIs that show only the settings a method
+uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import get_args
 
-from .types import Selection
+from .types import INTERNALS, Selection, Stage
 
 SelectFn = Callable[..., Selection]
 
@@ -27,9 +33,13 @@ class MethodInfo:
         fn: the selection function.
         summary: one line for UIs and the README.
         text_aware: whether the method uses ``query``.
-        requires: extra keyword arguments the method cannot run without (e.g. ``("cls_attention",)``).
+        requires: internals (``types.INTERNALS``) the method cannot run without, passed as keyword arguments of
+            the same name (e.g. ``("cls_attention",)``).
+        optional: ``{keyword: internal}`` the method uses when the model offers the internal (e.g. ResPrune's
+            ``{"seed_prior": "cls_attention"}``); a keyword the caller passes explicitly wins.
         stage: where it acts: ``"pre-llm"`` (projected tokens), ``"encoder"`` (vision tower internals) or
-            ``"in-llm"`` (inside the language model).
+            ``"llm"`` (inside the language model).
+        hparams: the method's tunable keyword arguments (its signature minus tokens, keep, query and internals).
     """
 
     name: str
@@ -37,7 +47,13 @@ class MethodInfo:
     summary: str
     text_aware: bool = False
     requires: tuple[str, ...] = ()
-    stage: str = "pre-llm"
+    optional: Mapping[str, str] = field(default_factory=dict)
+    stage: Stage = "pre-llm"
+    hparams: tuple[str, ...] = ()
+
+    def internals(self) -> tuple[str, ...]:
+        """Every internal the method may receive (required first)."""
+        return self.requires + tuple(i for i in self.optional.values() if i not in self.requires)
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -49,20 +65,46 @@ def register(
     summary: str,
     text_aware: bool = False,
     requires: tuple[str, ...] = (),
-    stage: str = "pre-llm",
+    optional: Mapping[str, str] | None = None,
+    stage: Stage = "pre-llm",
 ) -> Callable[[SelectFn], SelectFn]:
-    """Decorator that registers a selection function under ``name``; a duplicate name raises ``ValueError``."""
+    """Decorator that registers a selection function under ``name``.
+
+    Raises ``ValueError`` for a duplicate name, an unknown internal or stage, or a declared keyword the function
+    does not accept.
+    """
+    optional = dict(optional or {})
+    if stage not in get_args(Stage):
+        raise ValueError(f"stage must be one of {get_args(Stage)}, got {stage!r}")
+    for internal in (*requires, *optional.values()):
+        if internal not in INTERNALS:
+            raise ValueError(f"method {name!r}: unknown internal {internal!r}; known: {', '.join(INTERNALS)}")
 
     def deco(fn: SelectFn) -> SelectFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = MethodInfo(name, fn, summary, text_aware, tuple(requires), stage)
+        params = inspect.signature(inspect.unwrap(fn)).parameters
+        for kw in (*requires, *optional):
+            if kw not in params:
+                raise ValueError(f"method {name!r} declares {kw!r} but its function has no such keyword argument")
+        taken = {"tokens", "keep", "query", *requires, *optional}
+        hparams = tuple(
+            p.name for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in taken
+        )
+        _METHODS[name] = MethodInfo(
+            name, fn, summary, text_aware, tuple(requires), MappingProxyType(optional), stage, hparams
+        )
         return fn
 
     return deco
 
 
-def list_methods(*, stage: str | None = None) -> list[str]:
+def unregister(name: str) -> None:
+    """Remove ``name`` from the registry (for tests that register a throwaway method)."""
+    _METHODS.pop(name, None)
+
+
+def list_methods(*, stage: Stage | None = None) -> list[str]:
     """Sorted names of the registered methods (optionally only those acting at ``stage``)."""
     return sorted(n for n, m in _METHODS.items() if stage is None or m.stage == stage)
 

@@ -30,193 +30,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ._checks import check_keep, check_query, check_tokens
 from .registry import register
+from .relevance import map_relevance, mapped_relevance, text_relevance
+from .residual import auto_solver, greedy_residual, residual_curve
 from .types import Selection
 
-RTOL = 1e-5  # relative residual below which a token counts as spanned
-
-# ---------------------------------------------------------------------------------------------------------------
-# Text relevance
-
-
-def text_relevance(tokens: torch.Tensor, query: torch.Tensor, *, aggregation: str = "max") -> torch.Tensor:
-    """Raw cosine relevance of each visual token to the query.
-
-    Args:
-        tokens: `(N, D)` visual tokens.
-        query: `(Q, D)` text-token embeddings.
-        aggregation: ``"max"`` (``max_j cos(v_i, t_j)``, the paper's Eq. 13), ``"mean"`` (``mean_j cos``) or
-            ``"pooled"`` (``cos(v_i, mean_j t_j)``).
-
-    Returns:
-        `(N,)` float32 in [-1, 1].
-    """
-    v = torch.nn.functional.normalize(tokens.float(), dim=-1)  # (N, D)
-    if aggregation == "pooled":
-        t = torch.nn.functional.normalize(query.float().mean(0, keepdim=True), dim=-1)  # (1, D)
-        return (v @ t.T)[:, 0]
-    t = torch.nn.functional.normalize(query.float(), dim=-1)  # (Q, D)
-    cos = v @ t.T  # (N, Q)
-    if aggregation == "max":
-        return cos.max(dim=1).values
-    if aggregation == "mean":
-        return cos.mean(dim=1)
-    raise ValueError(f"aggregation must be 'max', 'mean' or 'pooled', got {aggregation!r}")
-
-
-def map_relevance(r: torch.Tensor, *, mapping: str = "minmax", floor: float = 1e-6) -> torch.Tensor:
-    """Map raw cosine relevance of ONE image to (0, 1] so that ``r ** alpha`` is defined (order-preserving).
-
-    >>> map_relevance(torch.tensor([-0.5, 0.0, 0.5])).tolist()
-    [9.999999974752427e-07, 0.5000004768371582, 1.0]
-    """
-    if not (0 < floor < 1):
-        raise ValueError(f"floor must be in (0, 1), got {floor}")
-    r = r.float()
-    if mapping == "minmax":
-        lo, hi = r.min(), r.max()
-        if float(hi - lo) <= 1e-12:
-            return torch.ones_like(r)
-        return (1.0 - (1.0 - floor) * (hi - r).double() / float(hi - lo)).float()  # max -> exactly 1
-    if mapping == "affine":
-        return ((1 + r) / 2).clamp(min=floor, max=1.0)
-    if mapping == "clamp":
-        return r.clamp(min=floor, max=1.0)
-    raise ValueError(f"mapping must be 'minmax', 'affine' or 'clamp', got {mapping!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The greedy residual core (shared by ResPrune, its ablation and residual_curve)
-
-
-def _greedy_residual(
-    v: torch.Tensor,
-    keep: int,
-    weight: torch.Tensor | None,
-    seed: int | None,
-    *,
-    solver: str,
-    fixed_order: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Greedy subspace expansion (the loop runs in NumPy: K small steps, where torch's per-op overhead dominates).
-
-    Args:
-        v: `(N, D)` float32 tokens on the CPU.
-        keep: K (<= N).
-        weight: `(N,)` text weights ``g(r)``, or None for all ones.
-        seed: index of the first pick, or None to use the rule from step 0.
-        solver: ``"gs"``: explicit Gram–Schmidt basis ``U``, re-orthogonalised once ("twice is enough"), one
-            `(N, D)` mat-vec per step, O(N K D) as in the paper; ``"gram"``: one `(N, N)` Gram GEMM, then
-            pivoted-Cholesky steps of O(N t). Both give the same picks; ``l_t = V u_t`` is the shared quantity.
-        fixed_order: `(K,)` pick order to replay instead of choosing (used by ``residual_curve``).
-
-    Returns:
-        order `(K,)` int64, energy at pick `(K,)`, gain at pick `(K,)`, residual curve `(K+1,)` (normalised).
-    """
-    vn = v.numpy()
-    n = vn.shape[0]
-    norm2 = torch.linalg.vector_norm(v, dim=1).double().pow(2).numpy()  # (N,) energy w.r.t. the empty set
-    energy = norm2.copy()
-    total0 = float(norm2.sum())
-    w = np.ones(n) if weight is None else weight.double().numpy()
-    tol = RTOL * norm2
-    avail = np.ones(n, dtype=bool)
-    order = np.empty(keep, dtype=np.int64)
-    e_pick = np.empty(keep)
-    g_pick = np.empty(keep)
-    curve = np.empty(keep + 1)
-    curve[0] = 1.0 if total0 > 0 else 0.0
-    if solver == "gram":
-        gram = (v @ v.T).double().numpy()  # (N, N) one GEMM in float32, bookkeeping in float64
-    elif solver == "cols":  # fixed order: only the K Gram columns of the picks are needed, one (N, K) GEMM
-        if fixed_order is None:
-            raise ValueError("solver='cols' needs fixed_order")
-        gram = (v[fixed_order] @ v.T).double().numpy()  # (K, N): row t is column order[t] of the Gram matrix
-    elif solver != "gs":
-        raise ValueError(f"solver must be 'gs', 'gram' or 'auto', got {solver!r}")
-    chol = np.zeros((keep, n))  # (K, N) rows l_t = V u_t
-    basis = np.zeros((keep, vn.shape[1]), dtype=np.float32)  # (K, D) orthonormal rows u_t (gs only)
-    m = 0  # basis size (< t when picks were linearly dependent)
-    fixed = None if fixed_order is None else fixed_order.numpy()
-    for t in range(keep):
-        if fixed is not None:
-            s = int(fixed[t])
-        elif t == 0 and seed is not None:
-            s = int(seed)
-        else:
-            score = np.where(avail, w * energy, -np.inf)
-            s = int(score.argmax())
-            if not score[s] > 0:  # everything left is spanned: break ties by weight, then by index
-                s = int(np.where(avail, w, -np.inf).argmax())
-        order[t], e_pick[t], g_pick[t] = s, energy[s], w[s] * energy[s]
-        if energy[s] > 0:
-            if solver in ("gram", "cols"):
-                g_s = gram[s] if solver == "gram" else gram[t]  # (N,) Gram column of the pick
-                ls = chol[:m, s]
-                d = g_s[s] - ls @ ls
-                if d > tol[s]:
-                    col = (g_s - ls @ chol[:m]) / np.sqrt(d)  # (N,)
-                    chol[m] = col
-                    m += 1
-                    energy -= col * col
-            else:
-                rho = vn[s].copy()
-                for _ in range(2 if m else 0):
-                    rho -= (basis[:m] @ rho) @ basis[:m]
-                nr2 = float(np.dot(rho.astype(np.float64), rho))
-                if nr2 > tol[s]:
-                    basis[m] = rho / np.sqrt(nr2)
-                    col = (vn @ basis[m]).astype(np.float64)  # (N,)
-                    m += 1
-                    energy -= col * col
-        avail[s] = False
-        energy[~avail] = 0.0
-        energy[energy <= tol] = 0.0
-        curve[t + 1] = energy.sum() / total0 if total0 > 0 else 0.0
-    curve = np.minimum.accumulate(curve)
-    return (
-        torch.from_numpy(order),
-        torch.from_numpy(e_pick).float(),
-        torch.from_numpy(g_pick).float(),
-        torch.from_numpy(curve).float(),
-    )
-
-
-def _auto_solver(n: int, keep: int, d: int) -> str:
-    # One Gram GEMM (N^2 D, compute-bound) against K mat-vecs (K N D, memory-bound). Measured on a 2-core CPU
-    # (python -m resprune.bench select): the Gram form wins while N stays below ~4 K.
-    return "gram" if n <= 4 * keep else "gs"
-
-
-def residual_curve(tokens: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Normalised total residual energy of ALL tokens w.r.t. the span of the first t tokens of ``order``.
-
-    Works for the picks of any method, so methods can be compared on one plot.
-
-    Args:
-        tokens: `(N, D)` visual tokens.
-        order: `(K,)` indices in pick order (distinct).
-
-    Returns:
-        `(K+1,)` float32: 1 at t = 0 (0 if all tokens are zero), non-increasing, 0 once the picks span the tokens.
-
-    >>> [round(x, 4) for x in residual_curve(torch.eye(3), torch.tensor([2, 0])).tolist()]
-    [1.0, 0.6667, 0.3333]
-    """
-    v = check_tokens(tokens)
-    order = torch.as_tensor(order, dtype=torch.int64).flatten().cpu()
-    if order.numel() and (order.min() < 0 or order.max() >= v.shape[0]):
-        raise ValueError(f"order has indices outside [0, {v.shape[0]}): {order.tolist()[:8]}...")
-    if order.unique().numel() != order.numel():
-        raise ValueError("order must not repeat an index")
-    k = order.numel()
-    if k == 0:
-        return torch.ones(1) if float(v.pow(2).sum()) > 0 else torch.zeros(1)
-    return _greedy_residual(v.cpu(), k, None, None, solver="cols", fixed_order=order)[3]
+__all__ = ["map_relevance", "residual_curve", "text_relevance"]
 
 
 def _finish(
@@ -248,12 +70,6 @@ def _finish(
         params=params,
         notes=notes,
     )
-
-
-def _relevance_or_none(v: torch.Tensor, q: torch.Tensor | None, aggregation: str, mapping: str, floor: float):
-    if q is None:
-        return None
-    return map_relevance(text_relevance(v, q, aggregation=aggregation), mapping=mapping, floor=floor)
 
 
 _NO_QUERY = "no query words: text relevance unused, text-free score"
@@ -320,7 +136,7 @@ def select_resprune(
 
     notes: list[str] = []
     vc = v.cpu()
-    rel = _relevance_or_none(vc, None if q is None else q.cpu(), aggregation, mapping, floor)
+    rel = mapped_relevance(vc, None if q is None else q.cpu(), aggregation, mapping, floor)
     if rel is None and alpha != 0:
         notes.append(_NO_QUERY)
     weight = None if (rel is None or alpha == 0) else rel.double().pow(alpha)
@@ -331,8 +147,8 @@ def select_resprune(
         seed_rule, first = "prior", int(torch.argmax(seed_prior))
     else:
         seed_rule, first = "max_norm", int(torch.argmax(torch.linalg.vector_norm(vc, dim=1)))
-    chosen = _auto_solver(n, k, v.shape[1]) if solver == "auto" else solver
-    order, e, g, curve = _greedy_residual(vc, k, weight, first, solver=chosen)
+    chosen = auto_solver(n, k, v.shape[1]) if solver == "auto" else solver
+    order, e, g, curve = greedy_residual(vc, k, weight, first, solver=chosen)
     params = dict(alpha=alpha, aggregation=aggregation, mapping=mapping, floor=floor, seed=seed_rule, solver=chosen)
     return _finish(tokens, order, g, "resprune", params, residual=curve, energy=e, relevance=rel, notes=tuple(notes))
 
@@ -384,7 +200,7 @@ def select_relevance(
     q = check_query(query, v.shape[1])
     k = check_keep(keep, v.shape[0])
     vc = v.cpu()
-    rel = _relevance_or_none(vc, None if q is None else q.cpu(), aggregation, mapping, floor)
+    rel = mapped_relevance(vc, None if q is None else q.cpu(), aggregation, mapping, floor)
     score = rel.double() if rel is not None else torch.linalg.vector_norm(vc, dim=1).double().pow(2)
     # stable sort: equal scores keep index order
     order = torch.sort(score, descending=True, stable=True).indices[:k]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -16,6 +16,20 @@ import torch
 VIEW_BASE = 0  # the base (global) view: LLaVA's only grid, LLaVA-NeXT's low-res view, Qwen's merged grid
 VIEW_HIRES = 1  # LLaVA-NeXT high-resolution crops (unpadded grid)
 VIEW_NEWLINE = 2  # LLaVA-NeXT image_newline tokens (content-free; no pixel box)
+
+Stage = Literal["pre-llm", "encoder", "llm"]
+"""Where a method acts: on the projected visual tokens, on the vision tower's internals, or inside the LLM."""
+
+INTERNALS = (
+    "cls_attention",  # (N,) the vision tower's [CLS] -> token attention (mean over heads)
+    "vision_features",  # (N, C) the vision tower's features before the projector
+    "vision_keys",  # (N, C / H) the feature layer's keys, averaged over heads
+    "cls_feature",  # (crops, C) the [CLS] feature of each crop the tower saw
+    "crops",  # (N,) the crop each token comes from (0 = base view)
+    "projector",  # callable: pre-projector features -> LLM input embeddings
+    "llm_attention",  # (N,) attention of the last prompt position in an early LLM layer
+)
+"""Model internals a method may declare (``register(requires=..., optional=...)``); adapters offer a subset."""
 
 
 @dataclass(frozen=True)

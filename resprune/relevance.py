@@ -1,0 +1,65 @@
+"""Text relevance of visual tokens to the query, and its mapping to (0, 1] (so that ``r ** alpha`` is defined).
+
+Relevance mapping (the paper leaves it open; see README "Design choices"): ``r_i = agg_j cos(v_i, t_j)`` lies in
+[-1, 1]; before the power it is mapped per image by min-max to ``[floor, 1]``. Order-preserving, finite, in (0, 1],
+per image only; a constant relevance maps to 1 (no text preference). ``"affine"`` and ``"clamp"`` are ablations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def text_relevance(tokens: torch.Tensor, query: torch.Tensor, *, aggregation: str = "max") -> torch.Tensor:
+    """Raw cosine relevance of each visual token to the query.
+
+    Args:
+        tokens: `(N, D)` visual tokens.
+        query: `(Q, D)` text-token embeddings.
+        aggregation: ``"max"`` (``max_j cos(v_i, t_j)``, the paper's Eq. 13), ``"mean"`` (``mean_j cos``) or
+            ``"pooled"`` (``cos(v_i, mean_j t_j)``).
+
+    Returns:
+        `(N,)` float32 in [-1, 1].
+    """
+    v = torch.nn.functional.normalize(tokens.float(), dim=-1)  # (N, D)
+    if aggregation == "pooled":
+        t = torch.nn.functional.normalize(query.float().mean(0, keepdim=True), dim=-1)  # (1, D)
+        return (v @ t.T)[:, 0]
+    t = torch.nn.functional.normalize(query.float(), dim=-1)  # (Q, D)
+    cos = v @ t.T  # (N, Q)
+    if aggregation == "max":
+        return cos.max(dim=1).values
+    if aggregation == "mean":
+        return cos.mean(dim=1)
+    raise ValueError(f"aggregation must be 'max', 'mean' or 'pooled', got {aggregation!r}")
+
+
+def map_relevance(r: torch.Tensor, *, mapping: str = "minmax", floor: float = 1e-6) -> torch.Tensor:
+    """Map raw cosine relevance of ONE image to (0, 1] so that ``r ** alpha`` is defined (order-preserving).
+
+    >>> map_relevance(torch.tensor([-0.5, 0.0, 0.5])).tolist()
+    [9.999999974752427e-07, 0.5000004768371582, 1.0]
+    """
+    if not (0 < floor < 1):
+        raise ValueError(f"floor must be in (0, 1), got {floor}")
+    r = r.float()
+    if mapping == "minmax":
+        lo, hi = r.min(), r.max()
+        if float(hi - lo) <= 1e-12:
+            return torch.ones_like(r)
+        return (1.0 - (1.0 - floor) * (hi - r).double() / float(hi - lo)).float()  # max -> exactly 1
+    if mapping == "affine":
+        return ((1 + r) / 2).clamp(min=floor, max=1.0)
+    if mapping == "clamp":
+        return r.clamp(min=floor, max=1.0)
+    raise ValueError(f"mapping must be 'minmax', 'affine' or 'clamp', got {mapping!r}")
+
+
+def mapped_relevance(
+    v: torch.Tensor, q: torch.Tensor | None, aggregation: str = "max", mapping: str = "minmax", floor: float = 1e-6
+) -> torch.Tensor | None:
+    """``map_relevance(text_relevance(v, q))``, or ``None`` without a query."""
+    if q is None:
+        return None
+    return map_relevance(text_relevance(v, q, aggregation=aggregation), mapping=mapping, floor=floor)
