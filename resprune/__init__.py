@@ -18,11 +18,14 @@ from .types import PruneResult, Selection, TokenGeometry
 
 __version__ = "0.1.0"
 
+DEFAULT_METHOD = "resprune"
+"""The method ``select``, ``prune`` and the app use when none is named."""
+
 
 def select(
     tokens: torch.Tensor,
     keep: int,
-    method: str = "resprune",
+    method: str = DEFAULT_METHOD,
     *,
     query: torch.Tensor | None = None,
     **hparams,
@@ -43,6 +46,7 @@ def select(
 
 
 __all__ = [
+    "DEFAULT_METHOD",
     "Keywords",
     "MethodInfo",
     "PruneResult",
