@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from . import pipeline as _pipeline  # noqa: F401  (registers the model-internal methods; no transformers import)
-from . import selection as _selection  # noqa: F401  (registers the methods)
+from . import methods as _methods  # noqa: F401  (registers the methods; no transformers import)
 from ._checks import keep_count
 from .registry import MethodInfo, get_method, list_methods, method_info, register
-from .selection import map_relevance, residual_curve, text_relevance
+from .relevance import map_relevance, text_relevance
+from .residual import residual_curve
 from .text import Keywords, extract_keywords
 from .types import PruneResult, Selection, TokenGeometry
 
@@ -66,10 +66,14 @@ __all__ = [
 
 
 def __getattr__(name: str):  # noqa: ANN202 - lazy: transformers is imported only when a model is used
-    if name in ("prune", "answer", "count_visual_tokens", "Answer", "cls_attention"):
-        from . import pipeline
+    if name == "prune":
+        from .pipeline import prune
 
-        return getattr(pipeline, name)
+        return prune
+    if name in ("answer", "count_visual_tokens", "Answer", "chat_prompt"):
+        from . import generate
+
+        return getattr(generate, name)
     if name in ("load_model", "PRESETS", "ModelLoadError"):
         from . import loading
 

@@ -17,9 +17,9 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import get_args
+from typing import Any, get_args
 
-from .types import INTERNALS, Selection, Stage
+from .types import INTERNALS, NEWLINE_POLICIES, Selection, Stage
 
 SelectFn = Callable[..., Selection]
 
@@ -40,6 +40,11 @@ class MethodInfo:
         stage: where it acts: ``"pre-llm"`` (projected tokens), ``"encoder"`` (vision tower internals) or
             ``"llm"`` (inside the language model).
         hparams: the method's tunable keyword arguments (its signature minus tokens, keep, query and internals).
+        newlines: the LLaVA-NeXT newline policies (``prune``'s ``newlines``) the method supports.
+        in_llm: for ``stage="llm"`` methods, the object ``prune`` asks for the in-LLM part: ``attention(model,
+            inputs, hparams)`` -> `(L,)` score of every prompt position (the internal ``llm_attention``),
+            ``context(model, keep_positions, prompt_len, hparams)`` -> the generation context manager, and
+            ``stats(model, n, k, hparams)`` -> extra stats.
     """
 
     name: str
@@ -50,6 +55,8 @@ class MethodInfo:
     optional: Mapping[str, str] = field(default_factory=dict)
     stage: Stage = "pre-llm"
     hparams: tuple[str, ...] = ()
+    newlines: tuple[str, ...] = NEWLINE_POLICIES
+    in_llm: Any = None
 
     def internals(self) -> tuple[str, ...]:
         """Every internal the method may receive (required first)."""
@@ -67,15 +74,21 @@ def register(
     requires: tuple[str, ...] = (),
     optional: Mapping[str, str] | None = None,
     stage: Stage = "pre-llm",
+    newlines: tuple[str, ...] = NEWLINE_POLICIES,
+    in_llm: Any = None,
 ) -> Callable[[SelectFn], SelectFn]:
     """Decorator that registers a selection function under ``name``.
 
-    Raises ``ValueError`` for a duplicate name, an unknown internal or stage, or a declared keyword the function
-    does not accept.
+    Raises ``ValueError`` for a duplicate name, an unknown internal, stage or newline policy, a declared keyword the
+    function does not accept, or an in-LLM method without its ``in_llm`` part.
     """
     optional = dict(optional or {})
     if stage not in get_args(Stage):
         raise ValueError(f"stage must be one of {get_args(Stage)}, got {stage!r}")
+    if (stage == "llm") != (in_llm is not None):
+        raise ValueError(f"method {name!r}: in_llm is required for stage='llm' methods and only for them")
+    if not newlines or any(p not in NEWLINE_POLICIES for p in newlines):
+        raise ValueError(f"method {name!r}: newlines must be a non-empty subset of {NEWLINE_POLICIES}, got {newlines}")
     for internal in (*requires, *optional.values()):
         if internal not in INTERNALS:
             raise ValueError(f"method {name!r}: unknown internal {internal!r}; known: {', '.join(INTERNALS)}")
@@ -92,7 +105,16 @@ def register(
             p.name for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in taken
         )
         _METHODS[name] = MethodInfo(
-            name, fn, summary, text_aware, tuple(requires), MappingProxyType(optional), stage, hparams
+            name,
+            fn,
+            summary,
+            text_aware,
+            tuple(requires),
+            MappingProxyType(optional),
+            stage,
+            hparams,
+            tuple(newlines),
+            in_llm,
         )
         return fn
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 # Function words, question words, pronouns, auxiliaries and common instruction verbs: never content.
 _STOP = frozenset(
@@ -108,3 +111,23 @@ def extract_keywords(prompt: str, *, extractor: str = "auto") -> Keywords:
         if extractor == "spacy":
             raise ValueError("extractor='spacy' but no spaCy English pipeline (en_core_web_sm) is installed")
     return Keywords(fallback_keywords(prompt), "fallback")
+
+
+def query_embeddings(model: Any, tokenizer: Any, prompt: str | None) -> tuple[tuple[str, ...], torch.Tensor | None]:
+    """Words of ``prompt`` (nouns / content words) and the `(Q, D)` LLM input embeddings of their sub-word tokens."""
+    if not prompt or tokenizer is None:
+        return (), None
+    words = extract_keywords(prompt).words
+    ids: list[int] = []
+    used = []
+    special = set(tokenizer.all_special_ids or [])
+    for w in words:
+        t = [i for i in tokenizer(w, add_special_tokens=False)["input_ids"] if i not in special]
+        if t:
+            ids += t
+            used.append(w)
+    if not ids:
+        return tuple(used), None
+    emb = model.get_input_embeddings()
+    q = emb(torch.tensor(ids, device=emb.weight.device)).detach().float().cpu()  # (Q, D)
+    return tuple(used), q

@@ -17,6 +17,9 @@ VIEW_BASE = 0  # the base (global) view: LLaVA's only grid, LLaVA-NeXT's low-res
 VIEW_HIRES = 1  # LLaVA-NeXT high-resolution crops (unpadded grid)
 VIEW_NEWLINE = 2  # LLaVA-NeXT image_newline tokens (content-free; no pixel box)
 
+NEWLINE_POLICIES = ("drop", "keep", "prune")
+"""What ``prune`` does with LLaVA-NeXT's ``image_newline`` tokens (see ``prune``'s ``newlines``)."""
+
 Stage = Literal["pre-llm", "encoder", "llm"]
 """Where a method acts: on the projected visual tokens, on the vision tower's internals, or inside the LLM."""
 
@@ -30,6 +33,9 @@ INTERNALS = (
     "llm_attention",  # (N,) attention of the last prompt position in an early LLM layer
 )
 """Model internals a method may declare (``register(requires=..., optional=...)``); adapters offer a subset."""
+
+PER_TOKEN_INTERNALS = ("cls_attention", "vision_features", "vision_keys", "crops", "llm_attention")
+"""The internals with one row per visual token (indexed like the tokens when ``prune`` narrows the candidates)."""
 
 
 @dataclass(frozen=True)

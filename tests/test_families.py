@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 import resprune
-from resprune.pipeline import chat_prompt, kv_cache_bytes, prune
+from resprune.generate import _cache_of, chat_prompt, kv_cache_bytes
+from resprune.pipeline import prune
 from resprune.testing import generate_checking_first_step, tiny_model
 from resprune.types import VIEW_BASE, VIEW_HIRES, VIEW_NEWLINE
 
@@ -73,7 +74,7 @@ def test_quarter_budget_shortens_sequence_and_cache(family):
     assert res.selections[0].keep == k and res.stats["visual_tokens_after"] == k
     assert res.generate_kwargs["inputs_embeds"].shape[1] == L - (n - k) == res.stats["seq_len_after"]
     out = generate_checking_first_step(model, res, 3)  # first generated step == a plain forward
-    _, length = kv_cache_bytes(resprune.pipeline._cache_of(out))
+    _, length = kv_cache_bytes(_cache_of(out))
     assert length == L - (n - k) + 2
 
 
@@ -200,7 +201,8 @@ def test_next_cls_attention_follows_the_layout(next_model):
     model, proc = next_model
     inputs = _inputs(proc, _image())
     res = prune(model, inputs, "cls", 10, processor=proc)
-    att = resprune.adapters.ADAPTERS["LlavaNextForConditionalGeneration"].cls_attention(model, inputs)[0]
+    adapter = resprune.adapters.ADAPTERS["LlavaNextForConditionalGeneration"]
+    att = adapter.images(model, proc, inputs, None, frozenset({"cls_attention"}))[0].internals["cls_attention"]
     g = res.geometry[0]
     assert att.shape == (70,) and (att[g.view == VIEW_NEWLINE] == 0).all() and (att[g.view != VIEW_NEWLINE] > 0).all()
     order = res.selections[0].order
@@ -213,7 +215,7 @@ def test_next_visionzip_compresses_each_crop(next_model):
     receives the base crop's [CLS, dominant, contextual], the hi-res dominant patches in raster order of the whole
     hi-res grid, the hi-res [CLS] features, then the hi-res contextual tokens; no newlines. Rebuilt here from the
     vision tower's own per-crop hidden states."""
-    from resprune.pipeline import select_visionzip
+    from resprune.methods.visionzip import select_visionzip
 
     model, proc = next_model
     inputs = _inputs(proc, _image())
@@ -264,7 +266,9 @@ def test_next_visionzip_compresses_each_crop(next_model):
     )
     assert sel.merged.shape[0] == 12 + n_dom_hi + 4
     # a direct call with the same internals gives the same selection
-    kw = resprune.adapters.ADAPTERS["LlavaNextForConditionalGeneration"].merge_internals(model, inputs)[0]
+    info = resprune.method_info("visionzip")
+    adapter = resprune.adapters.ADAPTERS["LlavaNextForConditionalGeneration"]
+    kw = adapter.images(model, proc, inputs, None, frozenset(info.internals()))[0].internals
     content = (g.view != VIEW_NEWLINE).nonzero().squeeze(1)
     per_tok = ("cls_attention", "vision_features", "vision_keys", "crops")
     direct = select_visionzip(vis[content], k, **{n: (v[content] if n in per_tok else v) for n, v in kw.items()})
@@ -284,7 +288,7 @@ def test_next_visionzip_compresses_each_crop(next_model):
 
 
 def test_split_budget_is_even_and_capped():
-    from resprune.pipeline import _split_budget
+    from resprune.methods.visionzip import split_budget as _split_budget
 
     assert _split_budget(40, [16, 12, 12, 12, 12]) == [8, 8, 8, 8, 8]
     assert _split_budget(13, [16, 12, 12, 12, 12]) == [3, 3, 3, 2, 2]
@@ -371,7 +375,7 @@ def test_family_bad_inputs(family, qwen_model):
         res = prune(model, inputs, "resprune", 10_000, processor=proc)
     assert res.selections[0].keep == _n(model, inputs) and any("every token is kept" in str(x.message) for x in w)
     if name == "qwen2_5_vl":
-        with pytest.raises(ValueError, match="seed='prior' needs \\[CLS\\] attention"):
+        with pytest.raises(ValueError, match="seed='prior' needs seed_prior.*no \\[CLS\\] token"):
             prune(model, inputs, "resprune", 8, seed="prior")
 
 

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 import resprune
-from resprune.pipeline import _cache_of, chat_prompt, prune
+from resprune.generate import _cache_of, chat_prompt
+from resprune.pipeline import prune
 from resprune.testing import tiny_model
 
 PROMPT = "What colour is the circle?"
@@ -64,7 +65,7 @@ def test_quarter_budget_prunes_from_layer_on_and_decodes_consistently(family):
     assert res.stats["seq_len_after"] == L - (n - k)
     assert res.stats["visual_tokens_equivalent"] == pytest.approx((n + 2 * k) / 3)
     # the kept tokens are the K most attended by the last position in layer 0
-    from resprune.fastv import last_query_attention
+    from resprune.methods.fastv import last_query_attention
 
     att = last_query_attention(model, dict(inputs), 0)[inputs["input_ids"][0] == model.config.image_token_id]
     assert torch.equal(sel.keep_idx, torch.sort(torch.sort(att, descending=True, stable=True).indices[:k]).values)
@@ -154,6 +155,6 @@ def test_answer_with_fastv_reports_layer_averaged_savings(family):
     assert (
         st["prefill_flops_before"]
         > st["prefill_flops_after"]
-        > resprune.pipeline.prefill_flops(model, st["seq_len_after"])
+        > resprune.generate.prefill_flops(model, st["seq_len_after"])
     )
     assert st["visual_tokens_after"] < st["visual_tokens_equivalent"] < st["visual_tokens_before"]

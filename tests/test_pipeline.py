@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 import resprune
-from resprune.pipeline import chat_prompt, llava_geometry, prune
+from resprune.adapters import llava_geometry
+from resprune.generate import chat_prompt
+from resprune.pipeline import prune
 from resprune.testing import generate_checking_first_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +68,7 @@ def test_quarter_budget_shortens_sequence_and_cache(tiny_llava, positions):
     assert res.generate_kwargs["inputs_embeds"].shape[1] == L - 48
     assert res.stats["seq_len_before"] - res.stats["seq_len_after"] == 48
     out = generate_checking_first_step(model, res, 3)  # first generated step == a plain forward
-    nbytes, length = resprune.pipeline.kv_cache_bytes(resprune.pipeline._cache_of(out))
+    nbytes, length = resprune.generate.kv_cache_bytes(resprune.generate._cache_of(out))
     assert length == L - 48 + 2  # prompt + generated tokens but the last
 
 
@@ -213,7 +215,7 @@ def test_load_errors_name_the_model(tmp_path):
 
 
 def test_vispruner_important_then_diverse():
-    from resprune.pipeline import select_cls, select_vispruner
+    from resprune.methods.cls import select_cls, select_vispruner
 
     g = torch.Generator().manual_seed(0)
     tokens = torch.randn(20, 8, generator=g)
@@ -244,22 +246,23 @@ def test_vispruner_uses_the_pre_projector_features(tiny_llava):
     projected tokens."""
     model, proc = tiny_llava
     inputs = _inputs(proc, _image())
-    internals = resprune.adapters.ADAPTERS["LlavaForConditionalGeneration"].vision_internals(model, inputs)
-    att, feats = internals[0]
+    adapter = resprune.adapters.ADAPTERS["LlavaForConditionalGeneration"]
+    internals = adapter.images(model, proc, inputs, None, frozenset({"cls_attention", "vision_features"}))[0].internals
+    att, feats = internals["cls_attention"], internals["vision_features"]
     assert att.shape == (64,) and feats.shape == (64, model.config.vision_config.hidden_size)
     with torch.no_grad():
         projected = model.model.multi_modal_projector(feats[None])[0]
         ref = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output[0]
     torch.testing.assert_close(projected, ref.float())
     res = prune(model, inputs, "vispruner", 10, processor=proc)
-    from resprune.pipeline import select_vispruner
+    from resprune.methods.cls import select_vispruner
 
     direct = select_vispruner(res.visual_tokens[0], 10, cls_attention=att, vision_features=feats)
     assert torch.equal(res.selections[0].keep_idx, direct.keep_idx)
 
 
 def test_visionzip_dominant_plus_contextual_merge():
-    from resprune.pipeline import select_visionzip
+    from resprune.methods.visionzip import select_visionzip
 
     g = torch.Generator().manual_seed(0)
     n, c_dim = 20, 6

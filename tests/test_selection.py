@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 import resprune
 from resprune import list_methods, method_info, select
-from resprune.selection import map_relevance, residual_curve, text_relevance
+from resprune.relevance import map_relevance, text_relevance
+from resprune.residual import residual_curve
 
 # CI must not be flaky: examples are derived from the test, not drawn afresh each run
 settings.register_profile("resprune", derandomize=True, deadline=None, print_blob=True)

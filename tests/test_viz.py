@@ -524,7 +524,8 @@ def test_no_pyplot_in_viz_sources():
 def real_results():
     """``{family: (image, PruneResult)}`` from ``resprune.prune`` on tiny models: LLaVA-NeXT on a 640 x 480 image
     (base view + 6 x 8 hi-res grid + newlines) and Qwen2.5-VL on an odd-sized 333 x 127 image."""
-    from resprune.pipeline import chat_prompt, prune
+    from resprune.generate import chat_prompt
+    from resprune.pipeline import prune
     from resprune.testing import tiny_model
 
     out = {}

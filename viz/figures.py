@@ -26,7 +26,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from resprune.selection import map_relevance, text_relevance
+from resprune.relevance import map_relevance, text_relevance
 from resprune.types import PruneResult, Selection, TokenGeometry
 
 from . import _grid

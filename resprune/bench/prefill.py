@@ -11,7 +11,7 @@ For each budget K, in one run, with the timings interleaved (so that load from o
 - ``resprune.prune`` (the real path: projector features, selection, gather) and one prefill forward of the pruned
   sequence (``use_cache=True``, last-position logits, as ``generate`` does); the unpruned prefill is K = 576;
 - measured speedup = unpruned / pruned prefill time, next to the FLOPs bound = FLOPs(unpruned) / FLOPs(pruned)
-  (``resprune.pipeline.prefill_flops``, same layer count);
+  (``resprune.generate.prefill_flops``, same layer count);
 - KV-cache bytes read from the cache after prefill, and the same extrapolated to the 32 layers of the real model in
   float16;
 - GEMM ceiling = the speedup of one bare FFN-shaped product ``(L x hidden) @ (hidden x ffn)`` at the unpruned vs
@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from ..pipeline import _cache_of, kv_cache_bytes, prefill_flops, prune
+from ..generate import _cache_of, kv_cache_bytes, prefill_flops
+from ..pipeline import prune
 
 TEXT_TOKENS = 58  # LLaVA-1.5's system prompt (~35 tokens with BOS and USER:) + a question + " ASSISTANT:"
 REAL_LAYERS = 32

@@ -18,7 +18,7 @@ def accuracy(model: Any, proc: Any, items: list, batch: int = 64) -> dict[str, t
     """``{type: (correct, total)}`` plus ``"all"`` for (image, question) items, greedy answers, batched."""
     import torch
 
-    from ..pipeline import chat_prompt
+    from ..generate import chat_prompt
 
     proc.tokenizer.padding_side = "left"
     ok, tot = Counter(), Counter()

@@ -26,6 +26,11 @@ from typing import Any
 
 import torch
 
+from .._checks import check_keep, check_query, check_tokens
+from ..registry import register
+from ..types import Selection
+from ._common import finish, per_token
+
 
 class _Stop(Exception):
     """Raised by the capture hook to end a forward early."""
@@ -134,3 +139,56 @@ class FastVContext:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _layer(model: Any, hparams: dict[str, Any]) -> int:
+    layer = hparams.get("layer", 2)
+    n_layers = len(model.get_decoder().layers)
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 1 <= layer < n_layers:
+        raise ValueError(f"layer must be an int in [1, {n_layers - 1}] for this model, got {layer!r}")
+    return layer
+
+
+class FastVHooks:
+    """What ``prune`` calls for FastV (the registry's ``in_llm``): the score, the generation context, the stats."""
+
+    def attention(self, model: Any, inputs: dict[str, Any], hparams: dict[str, Any]) -> torch.Tensor:
+        """`(L,)` attention of the last prompt position in layer ``layer - 1`` (the internal ``llm_attention``)."""
+        return last_query_attention(model, inputs, _layer(model, hparams) - 1)
+
+    def context(self, model: Any, keep: torch.Tensor, prompt_len: int, hparams: dict[str, Any]) -> FastVContext:
+        return FastVContext(model, keep, prompt_len, _layer(model, hparams))
+
+    def stats(self, model: Any, n: int, k: int, hparams: dict[str, Any]) -> dict[str, Any]:
+        """``llm_layer`` and the layer-averaged visual tokens (the first ``layer`` layers see all N)."""
+        layer, n_layers = _layer(model, hparams), len(model.get_decoder().layers)
+        return {"llm_layer": layer, "visual_tokens_equivalent": (layer * n + (n_layers - layer) * k) / n_layers}
+
+
+@register(
+    "fastv",
+    summary="FastV: drop the visual tokens least attended by the last position, inside the LLM after layer 2",
+    requires=("llm_attention",),
+    stage="llm",
+    in_llm=FastVHooks(),
+)
+@torch.no_grad()
+def select_fastv(
+    tokens: torch.Tensor,
+    keep: int,
+    *,
+    query: torch.Tensor | None = None,
+    llm_attention: torch.Tensor | None = None,
+    layer: int = 2,
+) -> Selection:
+    """FastV (Chen et al., ECCV 2024): the K visual tokens with the highest attention from the last prompt position
+    in LLM layer ``layer - 1`` (mean over heads); ``prune`` drops the others from layer ``layer`` on (``fastv``
+    module). ``gain`` is that attention. Default ``layer=2`` as in the paper (its ``K``)."""
+    v = check_tokens(tokens)
+    check_query(query, v.shape[1])
+    k = check_keep(keep, v.shape[0])
+    a = per_token(llm_attention, v.shape[0], "llm_attention", "fastv", "the LLM's attention to the visual tokens")
+    if not isinstance(layer, int) or isinstance(layer, bool) or layer < 1:
+        raise ValueError(f"layer must be an int >= 1 (the first LLM layer without the pruned tokens), got {layer!r}")
+    order = torch.sort(a, descending=True, stable=True).indices[:k]
+    return finish(tokens, order, a[order], "fastv", {"layer": layer}, v32=v.cpu())
