@@ -10,16 +10,13 @@ import torch
 
 from . import methods as _methods  # noqa: F401  (registers the methods; no transformers import)
 from ._checks import keep_count
-from .registry import MethodInfo, get_method, list_methods, method_info, register
+from .registry import DEFAULT_METHOD, MethodInfo, get_method, list_methods, method_info, register
 from .relevance import map_relevance, text_relevance
 from .residual import residual_curve
 from .text import Keywords, extract_keywords
 from .types import PruneResult, Selection, TokenGeometry
 
 __version__ = "0.1.0"
-
-DEFAULT_METHOD = "resprune"
-"""The method ``select``, ``prune`` and the app use when none is named."""
 
 
 def select(

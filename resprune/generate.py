@@ -12,6 +12,7 @@ import torch
 
 from .adapters import adapter_for
 from .pipeline import prune
+from .registry import DEFAULT_METHOD
 from .types import PruneResult
 
 __all__ = ["Answer", "answer", "chat_prompt", "count_visual_tokens", "kv_cache_bytes", "prefill_flops"]
@@ -93,7 +94,7 @@ def answer(
     image: Any,
     prompt: str,
     *,
-    method: str = "resprune",
+    method: str = DEFAULT_METHOD,
     keep: int = 64,
     max_new_tokens: int = 32,
     compare: bool = True,

@@ -52,23 +52,19 @@ def load_model(name_or_id: str, *, dtype: Any = None, device: str | None = None)
     target = PRESETS[name_or_id].hub_id if name_or_id in PRESETS else name_or_id
     try:
         import torch
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
+
+        from .adapters import adapter_for
 
         local = os.path.isdir(target)
         kw: dict[str, Any] = {"local_files_only": local or os.environ.get("HF_HUB_OFFLINE") == "1"}
-        config = AutoConfig.from_pretrained(target, trust_remote_code=False, **kw)
         model = AutoModelForImageTextToText.from_pretrained(
             target,
             dtype=dtype or (torch.float16 if torch.cuda.is_available() else torch.float32),
             trust_remote_code=False,
             **kw,
         )
-        if config.model_type == "qwen2_5_vl":  # AutoProcessor needs torchvision for Qwen's video processor
-            from .processors import QwenImageProcessor
-
-            processor = QwenImageProcessor.from_pretrained(target, **kw)
-        else:
-            processor = AutoProcessor.from_pretrained(target, trust_remote_code=False, backend="pil", **kw)
+        processor = adapter_for(model).load_processor(target, **kw)
     except Exception as e:  # noqa: BLE001 - one clear message instead of a stack of hub/network frames
         raise ModelLoadError(
             f"could not load model {name_or_id!r} ({target}): {type(e).__name__}: {str(e).splitlines()[0][:300]}. "

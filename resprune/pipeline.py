@@ -19,7 +19,7 @@ import torch
 
 from ._checks import check_keep
 from .adapters import ADAPTERS, Adapter, ImageTokens, adapter_for
-from .registry import MethodInfo, method_info
+from .registry import DEFAULT_METHOD, MethodInfo, method_info
 from .residual import residual_curve
 from .text import query_embeddings
 from .types import NEWLINE_POLICIES, PER_TOKEN_INTERNALS, VIEW_NEWLINE, PruneResult, Selection
@@ -31,7 +31,7 @@ __all__ = ["ADAPTERS", "prune"]
 def prune(
     model: Any,
     inputs: Any,
-    method: str = "resprune",
+    method: str = DEFAULT_METHOD,
     keep: int = 64,
     *,
     processor: Any = None,

@@ -23,6 +23,9 @@ from .types import INTERNALS, NEWLINE_POLICIES, Selection, Stage
 
 SelectFn = Callable[..., Selection]
 
+DEFAULT_METHOD = "resprune"
+"""The method ``select``, ``prune``, ``answer`` and the app use when none is named."""
+
 
 @dataclass(frozen=True)
 class MethodInfo:

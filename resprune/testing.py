@@ -12,11 +12,10 @@ and masks: with the default initialisation a wrong position id changes the logit
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
-
-FAMILIES = ("llava", "llava_next", "qwen2_5_vl")
 
 QWEN_SPECIAL = (
     "<|endoftext|>",
@@ -94,75 +93,87 @@ def qwen_tokenizer() -> Any:
 
 
 def tiny_model(family: str, *, sensitive: bool = True, seed: int = 0) -> tuple[Any, Any]:
-    """``(model, processor)`` of ``family`` (one of ``FAMILIES``) with random weights, in eval mode.
+    """``(model, processor)`` of ``family`` (a key of ``FAMILIES``) with random weights, in eval mode.
 
-    - ``llava``: CLIP 64 px / 8 px patches: 64 visual tokens.
-    - ``llava_next``: CLIP 56 px / 14 px: 16 tokens per crop, pinpoints (56, 112), (112, 56), (112, 112): a
-      640 x 480 image gives 16 base + 8 x 8 hi-res - padding rows + one newline per row.
-    - ``qwen2_5_vl``: 14 px patches, 2 x 2 merge, at most 64 merged tokens per image.
+    ``sensitive``: scale the language model's weights so that positions and masks visibly change the logits.
     """
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        raise ValueError(f"family must be one of {tuple(FAMILIES)}, got {family!r}")
     torch.manual_seed(seed)
-    if family == "qwen2_5_vl":
-        return _tiny_qwen(sensitive)
-    from transformers import LlamaConfig
-
-    from .scenes.model import CHAT_TEMPLATE, build_tokenizer
-
-    tok = build_tokenizer()
-    image_token = tok.convert_tokens_to_ids("<image>")
-    text = LlamaConfig(**_text_config(len(tok), tok.pad_token_id))
-    if family == "llava":
-        from transformers import (
-            CLIPImageProcessorPil,
-            LlavaConfig,
-            LlavaForConditionalGeneration,
-            LlavaProcessor,
-        )
-
-        cfg = LlavaConfig(vision_config=_clip(64, 8), text_config=text, image_token_id=image_token)
-        model = LlavaForConditionalGeneration(cfg)
-        ip = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
-        proc = LlavaProcessor(
-            image_processor=ip,
-            tokenizer=tok,
-            patch_size=8,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=CHAT_TEMPLATE,
-        )
-    else:
-        from transformers import (
-            LlavaNextConfig,
-            LlavaNextForConditionalGeneration,
-            LlavaNextImageProcessorPil,
-            LlavaNextProcessor,
-        )
-
-        pins = [[56, 112], [112, 56], [112, 112]]
-        cfg = LlavaNextConfig(
-            vision_config=_clip(56, 14), text_config=text, image_token_id=image_token, image_grid_pinpoints=pins
-        )
-        model = LlavaNextForConditionalGeneration(cfg)
-        with torch.no_grad():  # the newline parameter starts at zero-mean noise; make it a distinct vector
-            model.model.image_newline.normal_(0, 1)
-        ip = LlavaNextImageProcessorPil(
-            size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=pins
-        )
-        proc = LlavaNextProcessor(
-            image_processor=ip,
-            tokenizer=tok,
-            patch_size=14,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=CHAT_TEMPLATE,
-        )
+    model, proc = FAMILIES[family]()
     model.eval()
     return (_sensitise(model) if sensitive else model), proc
 
 
-def _tiny_qwen(sensitive: bool) -> tuple[Any, Any]:
+def _llama_text() -> tuple[Any, Any]:
+    from transformers import LlamaConfig
+
+    from .scenes.model import build_tokenizer
+
+    tok = build_tokenizer()
+    return tok, LlamaConfig(**_text_config(len(tok), tok.pad_token_id))
+
+
+def _tiny_llava() -> tuple[Any, Any]:
+    """CLIP 64 px / 8 px patches: 64 visual tokens; a Llama LM."""
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from .scenes.model import CHAT_TEMPLATE
+
+    tok, text = _llama_text()
+    cfg = LlavaConfig(vision_config=_clip(64, 8), text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"))
+    model = LlavaForConditionalGeneration(cfg)
+    ip = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    return model, proc
+
+
+def _tiny_llava_next() -> tuple[Any, Any]:
+    """CLIP 56 px / 14 px: 16 tokens per crop, pinpoints (56, 112), (112, 56), (112, 112): a 640 x 480 image gives
+    16 base + 8 x 8 hi-res - padding rows + one newline per row; a Llama LM."""
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    from .scenes.model import CHAT_TEMPLATE
+
+    tok, text = _llama_text()
+    pins = [[56, 112], [112, 56], [112, 112]]
+    cfg = LlavaNextConfig(
+        vision_config=_clip(56, 14),
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pins,
+    )
+    model = LlavaNextForConditionalGeneration(cfg)
+    with torch.no_grad():  # the newline parameter starts at zero-mean noise; make it a distinct vector
+        model.model.image_newline.normal_(0, 1)
+    ip = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=pins
+    )
+    proc = LlavaNextProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+    return model, proc
+
+
+def _tiny_qwen() -> tuple[Any, Any]:
+    """14 px patches, 2 x 2 merge, at most 64 merged tokens per image; a Qwen2.5-VL LM with M-RoPE."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
     from .processors import QwenImageProcessor
@@ -194,13 +205,22 @@ def _tiny_qwen(sensitive: bool) -> tuple[Any, Any]:
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    model = Qwen2_5_VLForConditionalGeneration(cfg)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
     ip = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
     proc = QwenImageProcessor(ip, tok, chat_template=QWEN_TEMPLATE)
-    return (_sensitise(model) if sensitive else model), proc
+    return model, proc
+
+
+FAMILIES: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "llava": _tiny_llava,
+    "llava_next": _tiny_llava_next,
+    "qwen2_5_vl": _tiny_qwen,
+}
+"""Family key -> builder of its tiny ``(model, processor)``; the test suite is parametrized over this table (the key
+is the family's adapter's ``family``)."""
 
 
 def generate_checking_first_step(model: Any, result: Any, new_tokens: int) -> Any:

@@ -138,8 +138,8 @@ class PruneResult:
         generate_kwargs: kwargs for ``model.generate(**generate_kwargs, max_new_tokens=...)``.
         selections: one ``Selection`` per image (batch order, then image order).
         geometry: one ``TokenGeometry`` per image, aligned with ``selections``.
-        query_words: per sample, the words whose embeddings formed the text query.
-        query_tokens: per sample, the `(Q, D)` query embeddings (``None`` when no usable word).
+        query_words: per image (aligned with ``selections``), the words whose embeddings formed the text query.
+        query_tokens: per image, the `(Q, D)` query embeddings (``None`` when no usable word).
         stats: efficiency numbers (visual tokens / sequence length before and after, ...).
         method: the method's registry name.
         params: the hyperparameters passed.

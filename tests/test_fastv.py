@@ -14,12 +14,12 @@ from PIL import Image
 import resprune
 from resprune.generate import _cache_of, chat_prompt
 from resprune.pipeline import prune
-from resprune.testing import tiny_model
+from resprune.testing import FAMILIES, tiny_model
 
 PROMPT = "What colour is the circle?"
 
 
-@pytest.fixture(scope="module", params=["llava", "llava_next", "qwen2_5_vl"])
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request):
     model, proc = tiny_model(request.param)
     image = Image.fromarray(

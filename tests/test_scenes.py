@@ -94,6 +94,7 @@ def test_token_positions_are_raster_order():
 TINY_MODEL = ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
 
 
+@pytest.mark.slow
 def test_training_script_runs_and_chains_stages(tmp_path):
     """Two tiny stages: the second starts from the first (``--init``), its log continues the step count and its
     training.json records both commands in order."""
@@ -125,6 +126,7 @@ def test_training_script_runs_and_chains_stages(tmp_path):
     assert not all(a.equal(b) for a, b in zip(m1.parameters(), m2.parameters()))  # and was trained further
 
 
+@pytest.mark.slow
 def test_training_switches_the_position_losses_on_part_way(tmp_path):
     """``--position-from 0.5``: the object-centre loss is off for the first half of the schedule and on after it."""
     import csv
@@ -145,6 +147,7 @@ def test_training_switches_the_position_losses_on_part_way(tmp_path):
         main(["--position-from", "1.5", "--out", str(tmp_path / "bad")])
 
 
+@pytest.mark.slow
 def test_budget_steps_replays_a_time_budget_schedule(tmp_path):
     """``--budget-steps N`` (the replay of a ``--time-budget`` run that fixed its schedule at N steps at step 60) is
     deterministic and is not the same schedule as ``--steps N`` (whose warm-up and cosine know N from step 0)."""

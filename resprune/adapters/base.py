@@ -63,6 +63,12 @@ class Adapter:
         """Why ``internal`` is not offered, for error messages."""
         return f"{type(model).__name__} does not offer {internal}: {self.no_internals_reason}"
 
+    def load_processor(self, target: str, **kw: Any) -> Any:
+        """The family's processor for a checkpoint (PIL image backend: there is no CPU torchvision wheel)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(target, trust_remote_code=False, backend="pil", **kw)
+
     def image_kwargs(self, inputs: Any) -> dict[str, Any]:
         """Extra arguments of ``get_image_features`` besides ``pixel_values``."""
         return {k: inputs[k] for k in self.image_kwargs_keys}

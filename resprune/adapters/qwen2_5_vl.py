@@ -23,6 +23,12 @@ class QwenAdapter(Adapter):
     image_kwargs_keys = ("image_grid_thw",)
     no_internals_reason = "its vision tower has no [CLS] token (and no pre-merger feature hook)"
 
+    def load_processor(self, target: str, **kw: Any) -> Any:
+        """Images-only processor: ``AutoProcessor`` needs torchvision for Qwen's video processor."""
+        from ..processors import QwenImageProcessor
+
+        return QwenImageProcessor.from_pretrained(target, **kw)
+
     def images(
         self, model: Any, processor: Any, inputs: Any, image_sizes: list | None, want: frozenset[str] = frozenset()
     ) -> list[ImageTokens]:

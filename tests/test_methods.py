@@ -1,4 +1,5 @@
-"""The selection core: the contract every registered method keeps, algorithm properties, hand-checked examples."""
+"""Every registered method: the contract over the registry, algorithm properties, hand-checked examples; the
+model-internal methods (cls, VisPruner, VisionZip) on synthetic internals."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import warnings
 
 import pytest
 import torch
+from helpers import query, tokens
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resprune
 from resprune import list_methods, method_info, select
-from resprune.relevance import map_relevance, text_relevance
+from resprune.methods.cls import select_cls, select_vispruner
+from resprune.methods.visionzip import select_visionzip, split_budget
 from resprune.residual import residual_curve
 
 # CI must not be flaky: examples are derived from the test, not drawn afresh each run
@@ -31,23 +34,10 @@ _INTERNALS = {"cls_attention": lambda n, g: torch.rand(n, generator=g)}
 def _extra(method: str, n: int) -> dict:
     info = method_info(method)
     missing = [r for r in info.requires if r not in _INTERNALS]
-    if missing or info.stage == "in-llm":
+    if missing or info.stage == "llm":
         pytest.skip(f"{method} needs model internals {missing or info.requires}: covered by the adapter tests")
     g = torch.Generator().manual_seed(1)
     return {r: _INTERNALS[r](n, g) for r in info.requires}
-
-
-def _tokens(n: int = 40, d: int = 16, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g)
-
-
-def _query(d: int = 16, q: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.randn(q, d, generator=torch.Generator().manual_seed(seed))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Contract, over every registered method
 
 
 def test_registry_lists_the_core_methods():
@@ -57,7 +47,7 @@ def test_registry_lists_the_core_methods():
 
 @pytest.mark.parametrize("method", list_methods())
 def test_contract(method):
-    v, q = _tokens(), _query()
+    v, q = tokens(), query()
     sel = select(v, 7, method, query=q, **_extra(method, 40))
     assert isinstance(sel, resprune.Selection)
     assert sel.method == method and sel.n_tokens == 40 and sel.keep == 7
@@ -78,16 +68,16 @@ def test_contract(method):
 
 @pytest.mark.parametrize("method", list_methods())
 def test_keep_at_least_n_returns_every_index_with_a_warning(method):
-    v = _tokens(12)
+    v = tokens(12)
     for keep in (12, 50):
         with pytest.warns(UserWarning, match="every token is kept"):
-            sel = select(v, keep, method, query=_query(), **_extra(method, 12))
+            sel = select(v, keep, method, query=query(), **_extra(method, 12))
         assert torch.equal(sel.keep_idx, torch.arange(12))
 
 
 @pytest.mark.parametrize("method", list_methods())
 def test_deterministic(method):
-    v, q = _tokens(), _query()
+    v, q = tokens(), query()
     a = select(v, 9, method, query=q, **_extra(method, 40))
     b = select(v.clone(), 9, method, query=q.clone(), **_extra(method, 40))
     assert torch.equal(a.order, b.order) and torch.equal(a.keep_idx, b.keep_idx)
@@ -96,7 +86,7 @@ def test_deterministic(method):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("method", list_methods())
 def test_low_precision_input(method, dtype):
-    v, q = _tokens(), _query()
+    v, q = tokens(), query()
     sel = select(v.to(dtype), 9, method, query=q.to(dtype), **_extra(method, 40))
     assert sel.keep_idx.shape == (9,) and sel.keep_idx.unique().numel() == 9
     assert torch.isfinite(sel.residual).all()
@@ -106,14 +96,10 @@ def test_low_precision_input(method, dtype):
 def test_single_token_and_one_pick(method):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sel = select(_tokens(1), 1, method, query=_query(), **_extra(method, 1))
+        sel = select(tokens(1), 1, method, query=query(), **_extra(method, 1))
     assert sel.keep_idx.tolist() == [0]
-    one = select(_tokens(), 1, method, query=_query(), **_extra(method, 40))
+    one = select(tokens(), 1, method, query=query(), **_extra(method, 40))
     assert one.keep == 1 and one.residual.shape == (2,)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Bad input: errors name the argument and the value
 
 
 @pytest.mark.parametrize("method", PRE_LLM)
@@ -129,7 +115,7 @@ def test_single_token_and_one_pick(method):
 )
 def test_bad_keep(method, keep, exc, pattern):
     with pytest.raises(exc, match=pattern):
-        select(_tokens(), keep, method)
+        select(tokens(), keep, method)
 
 
 @pytest.mark.parametrize("method", PRE_LLM)
@@ -143,7 +129,7 @@ def test_bad_tokens(method):
     with pytest.raises(TypeError, match=r"tokens must be a torch.Tensor .* got list"):
         select([[1.0, 2.0]], 1, method)
     for bad in (math.nan, math.inf, -math.inf):
-        v = _tokens()
+        v = tokens()
         v[3, 5] = bad
         with pytest.raises(ValueError, match=r"tokens contains NaN or inf values \(in 1 of 40 tokens\)"):
             select(v, 4, method)
@@ -152,87 +138,43 @@ def test_bad_tokens(method):
 @pytest.mark.parametrize("method", PRE_LLM)
 def test_bad_query(method):
     with pytest.raises(ValueError, match=r"query has feature dimension D=8 but tokens have D=16"):
-        select(_tokens(), 4, method, query=torch.randn(2, 8))
-    q = _query()
+        select(tokens(), 4, method, query=torch.randn(2, 8))
+    q = query()
     q[0, 0] = math.nan
     with pytest.raises(ValueError, match="query contains NaN or inf"):
-        select(_tokens(), 4, method, query=q)
+        select(tokens(), 4, method, query=q)
 
 
 def test_unknown_method_lists_the_available_ones():
     with pytest.raises(ValueError, match=r"unknown method 'nope'; available: .*cdpruner.*resprune"):
-        select(_tokens(), 4, "nope")
+        select(tokens(), 4, "nope")
     with pytest.raises(ValueError, match="unknown method"):
         resprune.get_method("ResPrune ")
 
 
 def test_bad_hyperparameters():
     with pytest.raises(ValueError, match=r"alpha must be a finite number >= 0, got -1"):
-        select(_tokens(), 4, "resprune", alpha=-1)
+        select(tokens(), 4, "resprune", alpha=-1)
     with pytest.raises(ValueError, match=r"seed must be 'auto'.*got 'cls'"):
-        select(_tokens(), 4, "resprune", seed="cls")
+        select(tokens(), 4, "resprune", seed="cls")
     with pytest.raises(ValueError, match="seed='prior' needs seed_prior"):
-        select(_tokens(), 4, "resprune", seed="prior")
+        select(tokens(), 4, "resprune", seed="prior")
     with pytest.raises(ValueError, match="seed_prior must be 40 finite values"):
-        select(_tokens(), 4, "resprune", seed_prior=torch.ones(39))
+        select(tokens(), 4, "resprune", seed_prior=torch.ones(39))
     with pytest.raises(ValueError, match=r"aggregation must be 'max', 'mean' or 'pooled', got 'sum'"):
-        select(_tokens(), 4, "resprune", query=_query(), aggregation="sum")
+        select(tokens(), 4, "resprune", query=query(), aggregation="sum")
     with pytest.raises(ValueError, match=r"mapping must be 'minmax', 'affine' or 'clamp', got 'x'"):
-        select(_tokens(), 4, "resprune", query=_query(), mapping="x")
+        select(tokens(), 4, "resprune", query=query(), mapping="x")
     with pytest.raises(TypeError, match="unexpected keyword argument 'alpha'"):
-        select(_tokens(), 4, "divprune", alpha=0.5)
+        select(tokens(), 4, "divprune", alpha=0.5)
     with pytest.raises(ValueError, match=r"grid=\(4, 4\) has 16 cells but tokens has N=40"):
-        select(_tokens(), 4, "uniform", grid=(4, 4))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Algorithm properties
-
-
-def _low_rank(n: int, rank: int, d: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, rank, generator=g) @ torch.randn(rank, d, generator=g)
-
-
-@settings(max_examples=25, deadline=None)
-@given(
-    n=st.integers(4, 40),
-    rank=st.integers(1, 8),
-    seed=st.integers(0, 10_000),
-    method=st.sampled_from(["resprune", "residual"]),
-    solver=st.sampled_from(["gs", "gram"]),
-)
-def test_residual_curve_reaches_zero_at_rank(n, rank, seed, method, solver):
-    rank = min(rank, n)
-    v = _low_rank(n, rank, 12, seed)
-    q = _query(12, seed=seed) if method == "resprune" else None
-    sel = select(v, rank, method, query=q, solver=solver)
-    r = sel.residual
-    assert r[0] == 1.0 and (r[1:] <= r[:-1]).all()
-    assert float(r[-1]) < 1e-4
-    # beyond the rank every extra pick is still a distinct index, and the curve stays at 0
-    if n > rank:
-        more = select(v, min(n - 1, rank + 2), method, query=q, solver=solver)
-        assert more.keep_idx.unique().numel() == more.keep
-        assert float(more.residual[rank:].max()) < 1e-4
-
-
-@settings(max_examples=20, deadline=None)
-@given(n=st.integers(3, 30), k=st.integers(1, 30), seed=st.integers(0, 10_000))
-def test_residual_curve_of_any_order_is_monotone(n, k, seed):
-    v = _tokens(n, 8, seed)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(k, n)]
-    r = residual_curve(v, order)
-    assert r.shape == (order.numel() + 1,) and r[0] == 1.0
-    assert (r[1:] <= r[:-1]).all() and float(r.min()) >= 0
-    if order.numel() >= min(n, 8):
-        assert float(r[-1]) < 1e-4  # n tokens in R^8 are spanned by any 8 generic ones
+        select(tokens(), 4, "uniform", grid=(4, 4))
 
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), method=st.sampled_from(DETERMINISTIC_SCORING), k=st.integers(1, 10))
 def test_permutation_equivariance(seed, method, k):
-    v, q = _tokens(25, 10, seed), _query(10, seed=seed + 1)
+    v, q = tokens(25, 10, seed), query(10, seed=seed + 1)
     perm = torch.randperm(25, generator=torch.Generator().manual_seed(seed))
     a = select(v, k, method, query=q)
     b = select(v[perm], k, method, query=q)
@@ -253,7 +195,7 @@ def test_duplicates_never_picked_before_distinct_tokens(seed, distinct, method):
     copies = torch.randint(0, distinct, (12,), generator=g)
     v = torch.cat([base, base[copies]])  # distinct tokens, then exact duplicates
     v = v[torch.randperm(v.shape[0], generator=g)]
-    q = _query(16, seed=seed) if method == "resprune" else None  # CDPruner: relevance 0 would void a token
+    q = query(16, seed=seed) if method == "resprune" else None  # CDPruner: relevance 0 would void a token
     sel = select(v, distinct, method, query=q)
     picked = v[sel.order]
     assert torch.unique(picked, dim=0).shape[0] == distinct
@@ -273,64 +215,20 @@ def test_query_on_one_cluster_keeps_more_of_it_than_alpha_zero():
     assert with_text.relevance is not None and with_text.relevance.argmax() // 30 == 2
 
 
-def test_solvers_agree():
-    v, q = _tokens(60, 32, 3), _query(32)
-    a = select(v, 25, "resprune", query=q, solver="gs")
-    b = select(v, 25, "resprune", query=q, solver="gram")
-    assert torch.equal(a.order, b.order)
-    assert torch.allclose(a.residual, b.residual, atol=1e-5)
-    assert torch.allclose(a.energy, b.energy, rtol=1e-3, atol=1e-4)
-    assert {a.params["solver"], b.params["solver"]} == {"gs", "gram"}
-
-
 def test_no_hidden_state_between_images():
-    a, b = _tokens(30, 8, 1), _tokens(50, 8, 2) * 100
-    alone = select(a, 10, "resprune", query=_query(8))
-    select(b, 10, "resprune", query=_query(8))
-    again = select(a, 10, "resprune", query=_query(8))
+    a, b = tokens(30, 8, 1), tokens(50, 8, 2) * 100
+    alone = select(a, 10, "resprune", query=query(8))
+    select(b, 10, "resprune", query=query(8))
+    again = select(a, 10, "resprune", query=query(8))
     assert torch.equal(alone.order, again.order) and torch.equal(alone.relevance, again.relevance)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Relevance mapping (SPEC A.8-1): per image min-max to [floor, 1]
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.lists(st.floats(-1, 1), min_size=1, max_size=50), st.sampled_from(["minmax", "affine", "clamp"]))
-def test_mapping_is_finite_positive_and_order_preserving(values, mapping):
-    r = torch.tensor(values)
-    m = map_relevance(r, mapping=mapping)
-    assert torch.isfinite(m).all() and (m > 0).all() and (m <= 1).all()
-    i, j = torch.meshgrid(torch.arange(len(values)), torch.arange(len(values)), indexing="ij")
-    assert ((r[i] > r[j]) <= (m[i] >= m[j])).all()  # order preserved (ties may merge only when clamped)
-    if mapping == "minmax" and r.max() > r.min():
-        assert float(m.max()) == 1.0 and float(m.min()) == pytest.approx(1e-6)
-
-
-def test_minmax_constant_relevance_is_neutral():
-    assert torch.equal(map_relevance(torch.full((5,), 0.3)), torch.ones(5))
-
-
 def test_alpha_zero_is_the_pure_residual_method():
-    v, q = _tokens(), _query()
+    v, q = tokens(), query()
     a = select(v, 12, "resprune", query=q, alpha=0.0)
     b = select(v, 12, "residual")
     assert torch.equal(a.order, b.order)
     assert torch.allclose(a.gain, b.gain)
-
-
-def test_relevance_aggregations_hand_checked():
-    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    q = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    s2 = math.sqrt(0.5)
-    assert text_relevance(v, q, aggregation="max").tolist() == pytest.approx([1.0, s2])
-    assert text_relevance(v, q, aggregation="mean").tolist() == pytest.approx([(1 + s2) / 2, s2 / 2])
-    pooled = torch.tensor([2.0, 1.0]) / math.sqrt(5)
-    assert text_relevance(v, q, aggregation="pooled").tolist() == pytest.approx(pooled.tolist())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Seeds (SPEC A.8-2): the default seed ignores the text
 
 
 def test_seed_rules_are_reachable_and_default_is_documented():
@@ -347,10 +245,6 @@ def test_seed_rules_are_reachable_and_default_is_documented():
     weighted = select(v, 3, "resprune", query=q, seed="weighted")
     w = weighted.relevance.double() ** 0.75 * v.double().pow(2).sum(1)
     assert weighted.order[0] == int(w.argmax()) and weighted.params["seed"] == "weighted"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Hand-checked examples, one per method
 
 
 def test_resprune_hand_checked():
@@ -400,7 +294,7 @@ def test_cdpruner_hand_checked():
 
 
 def test_random_uses_an_explicit_generator():
-    v = _tokens(100)
+    v = tokens(100)
     a, b = select(v, 10, "random", seed=3), select(v, 10, "random", seed=3)
     assert torch.equal(a.keep_idx, b.keep_idx)
     assert not torch.equal(a.keep_idx, select(v, 10, "random", seed=4).keep_idx)
@@ -411,33 +305,17 @@ def test_random_uses_an_explicit_generator():
 
 
 def test_uniform_hand_checked():
-    assert select(_tokens(12), 4, "uniform").keep_idx.tolist() == [1, 4, 7, 10]
-    sel = select(_tokens(36), 9, "uniform", grid=(6, 6))
+    assert select(tokens(12), 4, "uniform").keep_idx.tolist() == [1, 4, 7, 10]
+    sel = select(tokens(36), 9, "uniform", grid=(6, 6))
     rows, cols = sel.keep_idx // 6, sel.keep_idx % 6
     assert sorted(set(rows.tolist())) == [1, 3, 5] and sorted(set(cols.tolist())) == [1, 3, 5]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Text: keywords and the no-word fallback
-
-
-def test_keywords_fallback_and_extractor_reported():
-    kw = resprune.extract_keywords("USER: <image>\nWhat colour is the big cube left of the sphere? ASSISTANT:")
-    assert kw.extractor in ("fallback",) or kw.extractor.startswith("spacy:")
-    assert "cube" in kw.words and "sphere" in kw.words and "what" not in kw.words
-    assert resprune.extract_keywords("cube", extractor="fallback") == resprune.Keywords(("cube",), "fallback")
-    assert resprune.extract_keywords("What is it?", extractor="fallback").words == ()
-    with pytest.raises(TypeError, match="prompt must be a str"):
-        resprune.extract_keywords(None)
-    with pytest.raises(ValueError, match="extractor must be"):
-        resprune.extract_keywords("x", extractor="nltk")
-
-
 @pytest.mark.parametrize("method", [m for m in PRE_LLM if method_info(m).text_aware])
 def test_text_methods_fall_back_without_query_and_say_so(method):
-    sel = select(_tokens(), 5, method, query=None)
+    sel = select(tokens(), 5, method, query=None)
     assert any("text-free" in n for n in sel.notes)
-    sel_empty = select(_tokens(), 5, method, query=torch.zeros(0, 16))
+    sel_empty = select(tokens(), 5, method, query=torch.zeros(0, 16))
     assert torch.equal(sel.order, sel_empty.order)
 
 
@@ -446,3 +324,78 @@ def test_keep_count():
     assert resprune.keep_count(10, 0.01) == 1
     with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 0"):
         resprune.keep_count(10, 0)
+
+
+def test_cls_needs_a_cls_tower():
+    with pytest.raises(ValueError, match="needs cls_attention"):
+        resprune.select(torch.randn(10, 4), 3, "cls")
+
+
+def test_vispruner_important_then_diverse():
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(20, 8, generator=g)
+    att = torch.linspace(1.0, 0.05, 20)  # descending: the residual order is 0, 1, ..., 19
+    # all important (ratio 1) == the [CLS] top-K
+    a = select_vispruner(tokens, 6, cls_attention=att, important_ratio=1.0)
+    assert torch.equal(a.keep_idx, select_cls(tokens, 6, cls_attention=att).keep_idx)
+    # ratio 0: exact duplicates (0, 1), (2, 3), (4, 5), (6, 7) in the features: one round drops the 4 duplicated even
+    # tokens (min(8, 20 - 16) = 4), whatever the projected tokens say
+    feats = torch.randn(20, 5, generator=g)
+    for j in range(0, 8, 2):
+        feats[j + 1] = feats[j]
+    b = select_vispruner(tokens, 16, cls_attention=att, vision_features=feats, important_ratio=0.0)
+    assert set(range(20)) - set(b.keep_idx.tolist()) == {0, 2, 4, 6}
+    # half and half: the top-3 by attention are kept whatever the features
+    c = select_vispruner(tokens, 6, cls_attention=att, vision_features=feats)
+    assert {0, 1, 2} <= set(c.keep_idx.tolist()) and c.keep == 6 and c.params["important_ratio"] == 0.5
+    with pytest.raises(ValueError, match="needs cls_attention"):
+        resprune.select(tokens, 4, "vispruner")
+    with pytest.raises(ValueError, match="important_ratio must be a number in"):
+        select_vispruner(tokens, 4, cls_attention=att, important_ratio=2)
+    with pytest.raises(ValueError, match=r"vision_features must be \(N=20, C\)"):
+        select_vispruner(tokens, 4, cls_attention=att, vision_features=torch.randn(3, 5))
+
+
+def test_visionzip_dominant_plus_contextual_merge():
+
+    g = torch.Generator().manual_seed(0)
+    n, c_dim = 20, 6
+    tokens = torch.randn(n, 8, generator=g)
+    att = torch.linspace(1.0, 0.05, n).flip(0)  # ascending: token 19 is the most attended
+    feats = torch.randn(n, c_dim, generator=g)
+    keys = torch.randn(n, 4, generator=g)
+    cls = torch.randn(c_dim, generator=g)
+    # the projector is the identity here, so the merge can be checked directly
+    internals = dict(cls_attention=att, vision_features=feats, vision_keys=keys, cls_feature=cls, projector=lambda x: x)
+    sel = select_visionzip(tokens, 8, **internals)
+    # K = 8: round(8 * 10 / 64) = 1 contextual, 7 dominant = [CLS] + 6 patches (the 6 most attended: 14..19)
+    assert sel.keep == 8 and sel.merged.shape == (8, c_dim) and sel.params["contextual"] == 1
+    torch.testing.assert_close(sel.merged[0], cls)
+    torch.testing.assert_close(sel.merged[1:7], feats[14:20])
+    # contextual: the remaining 14 patches 0..13, step 14 // 1 = 14 -> target 0; all others join it
+    torch.testing.assert_close(sel.merged[7], feats[0] + feats[1:14].mean(0))
+    assert sel.keep_idx.tolist() == [0, 14, 15, 16, 17, 18, 19]
+    # two targets: each other patch joins the target with the most similar normalised key
+    sel2 = select_visionzip(tokens, 9, **internals, contextual=2)
+    rest = torch.arange(0, 14)
+    targets = rest[torch.arange(0, 14, 7)[:2]]  # 0 and 7
+    others = rest[~torch.isin(rest, targets)]
+    kn = keys / keys.norm(dim=-1, keepdim=True)
+    join = (kn[others] @ kn[targets].T).argmax(-1)
+    for j, t in enumerate(targets):
+        members = others[join == j]
+        expect = feats[t] + (feats[members].mean(0) if members.numel() else 0)
+        torch.testing.assert_close(sel2.merged[7 + j], expect)
+    with pytest.raises(ValueError, match="needs cls_attention"):
+        resprune.select(tokens, 4, "visionzip")
+    with pytest.raises(ValueError, match=r"contextual must be an int in \[0, keep - 1\]"):
+        select_visionzip(tokens, 4, **internals, contextual=4)
+
+
+def test_split_budget_is_even_and_capped():
+
+    assert split_budget(40, [16, 12, 12, 12, 12]) == [8, 8, 8, 8, 8]
+    assert split_budget(13, [16, 12, 12, 12, 12]) == [3, 3, 3, 2, 2]
+    assert split_budget(20, [16, 2, 0, 12]) == [10, 2, 0, 8]  # a small crop's share goes to the others
+    assert split_budget(30, [16, 2, 0, 12]) == [16, 2, 0, 12]
