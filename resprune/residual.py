@@ -2,8 +2,18 @@
 pick order, and per-token residual energies along an order (used by the methods and by the figures alike).
 
 ``E_S(v_i) = ||v_i - P_S v_i||^2``: the energy of token ``v_i`` left after projecting it on the span of the picked
-tokens ``S``. ResPrune (arXiv 2603.21105) picks ``argmax_i g(r_i) E_S(v_i)`` at each step. A token whose residual
-falls below ``RTOL * ||v_i||^2`` counts as spanned (energy 0).
+tokens ``S``. ResPrune (arXiv 2603.21105) picks ``argmax_i g(r_i) E_S(v_i)`` at each step.
+
+Exactness. Picks are decided in float64: they equal a float64 greedy reference wherever float64 can tell the
+candidates apart. The fast path keeps float32 estimates of every energy (one `(N, D)` mat-vec per pick, or one
+Gram GEMM and pivoted-Cholesky steps); an estimate plus a margin (``MARGIN * ||v_i||^2``, far above float32's
+rounding) is an upper bound on the true energy, so a lazy search evaluates exactly (float64, against a float64
+orthonormal basis of the picks, re-orthogonalised) only the candidates whose bound can still beat the best exact
+value: usually the pick alone. Tokens whose energy falls below ``FRAGILE * ||v_i||^2``, where float32 estimates
+carry no information, are tracked exactly in float64 from then on. A token counts as spanned (energy 0) only when
+its float64 residual is below ``SPAN_RTOL`` times the largest ``||v_j||^2`` of the image, i.e. at float64's noise
+level. Because picks are exact, both solvers give the same picks and selections are nested: the first K' picks at
+budget K are the picks at budget K'.
 """
 
 from __future__ import annotations
@@ -15,7 +25,10 @@ import torch
 
 from ._checks import check_tokens
 
-RTOL = 1e-5  # relative residual below which a token counts as spanned
+SPAN_RTOL = 1e-12  # float64 residual below SPAN_RTOL * max_j ||v_j||^2: spanned (float64 noise level)
+MARGIN = 1e-4  # bound on the float32 estimate's error, relative to ||v_i||^2 (rounding is ~1e-6)
+FRAGILE = 1e-2  # energies below FRAGILE * ||v_i||^2 are tracked exactly in float64
+_BATCH = 16  # candidates evaluated exactly per round of the lazy search
 
 
 def greedy_residual(
@@ -25,88 +38,110 @@ def greedy_residual(
     seed: int | None,
     *,
     solver: str,
-    fixed_order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Greedy subspace expansion (the loop runs in NumPy: K small steps, where torch's per-op overhead dominates).
+    """Greedy subspace expansion with exact (float64) picks; the loop runs in NumPy (K small steps).
 
     Args:
         v: `(N, D)` float32 tokens on the CPU.
         keep: K (<= N).
         weight: `(N,)` text weights ``g(r)``, or None for all ones.
         seed: index of the first pick, or None to use the rule from step 0.
-        solver: ``"gs"``: explicit Gram–Schmidt basis ``U``, re-orthogonalised once ("twice is enough"), one
-            `(N, D)` mat-vec per step, O(N K D) as in the paper; ``"gram"``: one `(N, N)` Gram GEMM, then
-            pivoted-Cholesky steps of O(N t). Both give the same picks; ``l_t = V u_t`` is the shared quantity.
-        fixed_order: `(K,)` pick order to replay instead of choosing (used by ``residual_curve``).
+        solver: how the float32 estimates are kept: ``"gs"``: one `(N, D)` mat-vec per pick, O(N K D) as in the
+            paper; ``"gram"``: one `(N, N)` Gram GEMM, then pivoted-Cholesky steps of O(N t). The same picks.
 
     Returns:
-        order `(K,)` int64, energy at pick `(K,)`, gain at pick `(K,)`, residual curve `(K+1,)` (normalised).
+        order `(K,)` int64, energy at pick `(K,)` (float64 exact), gain at pick `(K,)`, residual curve `(K+1,)`
+        (normalised total energy after each pick, from the estimates: accurate to ~``MARGIN``).
     """
-    vn = v.numpy()
-    n = vn.shape[0]
-    norm2 = torch.linalg.vector_norm(v, dim=1).double().pow(2).numpy()  # (N,) energy w.r.t. the empty set
-    energy = norm2.copy()
+    if solver not in ("gs", "gram"):
+        raise ValueError(f"solver must be 'gs', 'gram' or 'auto', got {solver!r}")
+    v32 = v.numpy()
+    n, dim = v32.shape
+    norm2 = torch.linalg.vector_norm(v, dim=1, dtype=torch.float64).pow(2).numpy()  # (N,) exact
     total0 = float(norm2.sum())
+    span_tol = SPAN_RTOL * float(norm2.max()) if n else 0.0
     w = np.ones(n) if weight is None else weight.double().numpy()
-    tol = RTOL * norm2
+    est = norm2.copy()  # (N,) energy estimates (exact where ``exact``)
+    exact = norm2 <= 0  # tracked exactly (float64 downdates); zero tokens are exact from the start
+    margin = MARGIN * norm2
+    spanned = norm2 <= span_tol
+    est[spanned] = 0.0
     avail = np.ones(n, dtype=bool)
+    q64 = np.zeros((keep, dim))  # (K, D) float64 orthonormal basis of the picks
+    m = 0
+    gram = (v @ v.T).double().numpy() if solver == "gram" else None  # (N, N) float32 GEMM
+    chol = np.zeros((keep, n)) if solver == "gram" else None  # rows l_t ~ V q_t
     order = np.empty(keep, dtype=np.int64)
     e_pick = np.empty(keep)
     g_pick = np.empty(keep)
     curve = np.empty(keep + 1)
     curve[0] = 1.0 if total0 > 0 else 0.0
-    if solver == "gram":
-        gram = (v @ v.T).double().numpy()  # (N, N) one GEMM in float32, bookkeeping in float64
-    elif solver == "cols":  # fixed order: only the K Gram columns of the picks are needed, one (N, K) GEMM
-        if fixed_order is None:
-            raise ValueError("solver='cols' needs fixed_order")
-        gram = (v[fixed_order] @ v.T).double().numpy()  # (K, N): row t is column order[t] of the Gram matrix
-    elif solver != "gs":
-        raise ValueError(f"solver must be 'gs', 'gram' or 'auto', got {solver!r}")
-    chol = np.zeros((keep, n))  # (K, N) rows l_t = V u_t
-    basis = np.zeros((keep, vn.shape[1]), dtype=np.float32)  # (K, D) orthonormal rows u_t (gs only)
-    m = 0  # basis size (< t when picks were linearly dependent)
-    fixed = None if fixed_order is None else fixed_order.numpy()
+
+    def residual(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact float64 residual vectors `(len(idx), D)` of tokens ``idx`` w.r.t. the basis, and their energies."""
+        r = v32[idx].astype(np.float64)
+        for _ in range(2 if m else 0):  # twice is enough
+            r -= (r @ q64[:m].T) @ q64[:m]
+        return r, np.einsum("ij,ij->i", r, r)
+
     for t in range(keep):
-        if fixed is not None:
-            s = int(fixed[t])
-        elif t == 0 and seed is not None:
+        fresh = np.zeros(n, dtype=bool)  # exactly evaluated at this step
+        res_s = None
+        if t == 0 and seed is not None:
             s = int(seed)
         else:
-            score = np.where(avail, w * energy, -np.inf)
-            s = int(score.argmax())
-            if not score[s] > 0:  # everything left is spanned: break ties by weight, then by index
+            while True:  # lazy search: upper bounds for estimates, exact values where known
+                bound = np.where(avail, w * np.where(exact | fresh, est, est + margin), -np.inf)
+                s = int(bound.argmax())
+                if exact[s] or fresh[s] or not bound[s] > 0:
+                    break
+                cand = np.flatnonzero(avail & ~exact & ~fresh)
+                top = cand[np.argsort(-bound[cand], kind="stable")[:_BATCH]]
+                _, e = residual(top)
+                est[top] = np.where(e <= span_tol, 0.0, e)
+                fresh[top] = True
+                spanned[top] |= e <= span_tol
+                exact[top] |= e <= FRAGILE * norm2[top]
+            if not bound[s] > 0:  # everything left is spanned: break ties by weight, then by index
                 s = int(np.where(avail, w, -np.inf).argmax())
-        order[t], e_pick[t], g_pick[t] = s, energy[s], w[s] * energy[s]
-        if energy[s] > 0:
-            if solver in ("gram", "cols"):
-                g_s = gram[s] if solver == "gram" else gram[t]  # (N,) Gram column of the pick
-                ls = chol[:m, s]
-                d = g_s[s] - ls @ ls
-                if d > tol[s]:
-                    col = (g_s - ls @ chol[:m]) / np.sqrt(d)  # (N,)
-                    chol[m] = col
-                    m += 1
-                    energy -= col * col
-            else:
-                rho = vn[s].copy()
-                for _ in range(2 if m else 0):
-                    rho -= (basis[:m] @ rho) @ basis[:m]
-                nr2 = float(np.dot(rho.astype(np.float64), rho))
-                if nr2 > tol[s]:
-                    basis[m] = rho / np.sqrt(nr2)
-                    col = (vn @ basis[m]).astype(np.float64)  # (N,)
-                    m += 1
-                    energy -= col * col
+        res_s, e_s = residual(np.array([s]))
+        e_s = 0.0 if e_s[0] <= span_tol else float(e_s[0])
+        order[t], e_pick[t], g_pick[t] = s, e_s, w[s] * e_s
         avail[s] = False
-        energy[~avail] = 0.0
-        energy[energy <= tol] = 0.0
-        curve[t + 1] = energy.sum() / total0 if total0 > 0 else 0.0
+        if e_s > 0:  # a new direction: extend the basis, update every estimate
+            q = res_s[0] / np.sqrt(e_s)
+            q64[m] = q
+            track = np.flatnonzero(exact & avail & ~spanned)
+            if track.size:  # fragile tokens: exact float64 downdate
+                est[track] -= (v32[track].astype(np.float64) @ q) ** 2
+            rest = ~exact
+            if gram is not None:
+                ls = chol[:m, s]
+                d = gram[s, s] - ls @ ls
+                if d > FRAGILE * norm2[s]:  # the float32 pivot is reliable
+                    col = (gram[s] - ls @ chol[:m]) / np.sqrt(d)
+                else:  # fall back to one mat-vec with the exact direction
+                    col = (v32 @ q.astype(np.float32)).astype(np.float64)
+                chol[m] = col
+            else:
+                col = (v32 @ q.astype(np.float32)).astype(np.float64)
+            est[rest] -= col[rest] ** 2
+            m += 1
+            newly = rest & (est <= FRAGILE * norm2) & avail
+            if newly.any():  # estimates no longer informative: evaluate exactly and track from now on
+                idx = np.flatnonzero(newly)
+                _, e = residual(idx)
+                est[idx] = e
+                exact[idx] = True
+            small = exact & (est <= span_tol)
+            spanned |= small
+        est[spanned | ~avail] = 0.0
+        curve[t + 1] = max(float(est.sum()), 0.0) / total0 if total0 > 0 else 0.0
     curve = np.minimum.accumulate(curve)
     return (
         torch.from_numpy(order),
-        torch.from_numpy(e_pick).float(),
-        torch.from_numpy(g_pick).float(),
+        torch.from_numpy(e_pick),
+        torch.from_numpy(g_pick),
         torch.from_numpy(curve).float(),
     )
 
@@ -117,10 +152,49 @@ def auto_solver(n: int, keep: int, d: int) -> str:
     return "gram" if n <= 4 * keep else "gs"
 
 
+def _replay(v32: np.ndarray, order: np.ndarray, steps: Sequence[int]) -> np.ndarray:
+    """`(len(steps), N)` exact float64 residual energies after ``steps[j]`` picks of ``order`` (picked and spanned
+    tokens 0): a float64 orthonormal basis of the picks (re-orthogonalised), then one `(N, K)` product."""
+    n, dim = v32.shape
+    norm2 = np.einsum("nd,nd->n", v32, v32, dtype=np.float64)
+    span_tol = SPAN_RTOL * float(norm2.max()) if n else 0.0
+    q = np.zeros((order.size, dim))
+    size = np.zeros(order.size + 1, dtype=np.int64)  # basis size after t picks
+    m = 0
+    for t, s in enumerate(order):
+        r = v32[s].astype(np.float64)
+        for _ in range(2 if m else 0):
+            r -= (q[:m] @ r) @ q[:m]
+        e = float(r @ r)
+        if e > span_tol:
+            q[m] = r / np.sqrt(e)
+            m += 1
+        size[t + 1] = m
+    proj = np.zeros((n, m + 1))
+    if m:
+        proj[:, 1:] = np.cumsum((v32.astype(np.float64) @ q[:m].T) ** 2, axis=1)  # (N, m)
+    out = np.empty((len(steps), n))
+    for j, t in enumerate(steps):
+        e = np.maximum(norm2 - proj[:, size[t]], 0.0)
+        e[order[:t]] = 0.0
+        e[e <= span_tol] = 0.0
+        out[j] = e
+    return out
+
+
+def _check_order(order: object, n: int) -> np.ndarray:
+    o = np.asarray(torch.as_tensor(order).cpu(), dtype=np.int64).reshape(-1)
+    if o.size and (o.min() < 0 or o.max() >= n):
+        raise ValueError(f"order has indices outside [0, {n}): {o[:8].tolist()}...")
+    if np.unique(o).size != o.size:
+        raise ValueError("order must not repeat an index")
+    return o
+
+
 def residual_curve(tokens: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Normalised total residual energy of ALL tokens w.r.t. the span of the first t tokens of ``order``.
 
-    Works for the picks of any method, so methods can be compared on one plot.
+    Works for the picks of any method, so methods can be compared on one plot (exact, float64).
 
     Args:
         tokens: `(N, D)` visual tokens.
@@ -132,16 +206,13 @@ def residual_curve(tokens: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     >>> [round(x, 4) for x in residual_curve(torch.eye(3), torch.tensor([2, 0])).tolist()]
     [1.0, 0.6667, 0.3333]
     """
-    v = check_tokens(tokens)
-    order = torch.as_tensor(order, dtype=torch.int64).flatten().cpu()
-    if order.numel() and (order.min() < 0 or order.max() >= v.shape[0]):
-        raise ValueError(f"order has indices outside [0, {v.shape[0]}): {order.tolist()[:8]}...")
-    if order.unique().numel() != order.numel():
-        raise ValueError("order must not repeat an index")
-    k = order.numel()
-    if k == 0:
-        return torch.ones(1) if float(v.pow(2).sum()) > 0 else torch.zeros(1)
-    return greedy_residual(v.cpu(), k, None, None, solver="cols", fixed_order=order)[3]
+    v = check_tokens(tokens).cpu().numpy()
+    o = _check_order(order, v.shape[0])
+    total = float(np.einsum("nd,nd->", v, v, dtype=np.float64))
+    if total <= 0:
+        return torch.zeros(o.size + 1)
+    curve = _replay(v, o, range(o.size + 1)).sum(1) / total
+    return torch.from_numpy(np.minimum.accumulate(curve)).float()
 
 
 @torch.no_grad()
@@ -164,40 +235,8 @@ def residual_energies(
     [[4.0, 4.0, 4.0], [4.0, 0.0, 4.0]]
     """
     v = check_tokens(tokens).cpu().numpy()  # (N, D)
-    n = v.shape[0]
-    order = np.asarray(torch.as_tensor(order).cpu(), dtype=np.int64).reshape(-1)
-    k = order.size
-    if k and (order.min() < 0 or order.max() >= n):
-        raise ValueError(f"order has indices outside [0, {n}): {order[:8].tolist()}...")
-    if np.unique(order).size != k:
-        raise ValueError("order must not repeat an index")
-    steps = list(range(k + 1)) if steps is None else [int(s) for s in steps]
-    if any(not 0 <= s <= k for s in steps):
-        raise ValueError(f"steps must lie in [0, K={k}], got {steps}")
-    want: dict[int, list[int]] = {}
-    for j, s in enumerate(steps):
-        want.setdefault(s, []).append(j)
-    out = np.zeros((len(steps), n))
-    norm2 = np.einsum("nd,nd->n", v, v, dtype=np.float64)  # (N,)
-    tol = RTOL * norm2
-    energy = norm2.copy()
-    for j in want.get(0, []):
-        out[j] = energy
-    basis = np.zeros((k, v.shape[1]), dtype=np.float32)  # (K, D) orthonormal rows
-    m = 0
-    for t in range(k):
-        s = int(order[t])
-        rho = v[s].copy()
-        for _ in range(2 if m else 0):
-            rho -= (basis[:m] @ rho) @ basis[:m]
-        nr2 = float(np.dot(rho.astype(np.float64), rho))
-        if nr2 > tol[s] and nr2 > 0:
-            basis[m] = rho / np.sqrt(nr2)
-            col = (v @ basis[m]).astype(np.float64)  # (N,)
-            m += 1
-            energy -= col * col
-        energy[order[: t + 1]] = 0.0
-        energy[energy <= tol] = 0.0
-        for j in want.get(t + 1, []):
-            out[j] = energy
-    return torch.from_numpy(out)
+    o = _check_order(order, v.shape[0])
+    steps = list(range(o.size + 1)) if steps is None else [int(s) for s in steps]
+    if any(not 0 <= s <= o.size for s in steps):
+        raise ValueError(f"steps must lie in [0, K={o.size}], got {steps}")
+    return torch.from_numpy(_replay(v, o, steps))

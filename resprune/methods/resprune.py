@@ -12,9 +12,10 @@ Decisions (the paper leaves them open; see README "Design choices"):
    attention where the model offers it, declared in the registration) when given, else the max-norm token
    (``seed="auto"``). ``seed="weighted"`` makes the seed step 0 of the weighted rule (argmax ``g(r) * ||v||^2``).
    ``residual`` declares the same prior, so it is exactly ResPrune with ``alpha = 0``.
-3. Energies on the raw projected tokens (magnitude matters), computed in float32 with float64 bookkeeping. A token
-   whose residual falls below ``RTOL * ||v||^2`` counts as spanned (energy 0). Once every remaining energy is 0,
-   ties are broken by ``g(r)``, then by the lower index, so K distinct indices always come back.
+3. Energies on the raw projected tokens (magnitude matters); picks decided in float64 (``resprune.residual``: exact
+   wherever float64 can tell candidates apart, so both solvers agree and selections are nested). A token counts as
+   spanned only at float64's noise level (``SPAN_RTOL``). Once every remaining energy is 0, ties are broken by
+   ``g(r)``, then by the lower index, so K distinct indices always come back.
 """
 
 from __future__ import annotations
