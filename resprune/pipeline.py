@@ -19,10 +19,10 @@ import torch
 
 from ._checks import check_keep
 from .adapters import ADAPTERS, Adapter, ImageTokens, adapter_for
+from .methods._common import split_budget
 from .registry import DEFAULT_METHOD, MethodInfo, method_info
-from .residual import residual_curve
 from .text import query_embeddings
-from .types import NEWLINE_POLICIES, PER_TOKEN_INTERNALS, VIEW_NEWLINE, PruneResult, Selection
+from .types import PER_TOKEN_INTERNALS, PRUNE_OPTIONS, VIEW_NEWLINE, PruneResult, Selection
 
 __all__ = ["ADAPTERS", "prune"]
 
@@ -38,7 +38,9 @@ def prune(
     prompt: str | None = None,
     image_sizes: list[tuple[int, int]] | None = None,
     positions: str | None = None,
-    newlines: str = "drop",
+    newlines: str | None = None,
+    query: str | None = None,
+    budget: str | None = None,
     **hparams: Any,
 ) -> PruneResult:
     """Select ``keep`` visual tokens per image and return the kwargs for the unmodified ``model.generate``.
@@ -56,9 +58,16 @@ def prune(
         positions: ``"compact"`` (renumber 0..L'-1) or ``"original"`` (keep the original, gapped positions).
             Default: ``"compact"`` for the LLaVA family; Qwen2.5-VL always keeps its original M-RoPE positions.
         newlines: LLaVA-NeXT ``image_newline`` tokens (one per high-res row, all the same learned vector):
-            ``"drop"`` (default: the method chooses among the image tokens only, newlines are removed),
-            ``"keep"`` (all kept, counted in K, the method picks K - H'), or ``"prune"`` (candidates like any
-            token). Ignored by families without newlines.
+            ``"drop"`` (the method chooses among the image tokens only, newlines are removed), ``"keep"`` (all
+            kept, counted in K, the method picks K - H') or ``"prune"`` (candidates like any token). Default: the
+            method's declared default (``method_info(m).prune_defaults``; peers whose released code keeps the
+            newlines declare ``"keep"``), else ``"drop"``. Ignored by families without newlines.
+        query: which words of ``prompt`` form the text query: ``"nouns"`` (the paper), ``"keywords"`` (all content
+            words) or ``"instruction"`` (every token: the paper's Setting-1 ablation). Default: the method's
+            declared default (CDPruner: the whole instruction, the nearest to its CLIP-text query), else nouns.
+        budget: ``"global"`` (one selection over the image's tokens) or ``"per-crop"`` (K split evenly over the
+            crops the vision tower saw, one selection per crop, as VisPruner's and CDPruner's released LLaVA-NeXT
+            code does); the same for single-view families. Default: the method's declared default, else global.
         **hparams: the method's hyperparameters.
 
     Returns:
@@ -67,16 +76,18 @@ def prune(
     """
     adapter = adapter_for(model)
     info = method_info(method)
-    positions = _check_options(model, adapter, info, positions, newlines)
-    want = _internals_wanted(model, adapter, info, hparams)
+    positions = _check_positions(model, adapter, positions)
+    opts = _options(info, newlines=newlines, query=query, budget=budget)
+    hparams = {**{k: v for k, v in adapter.defaults.items() if k in info.hparams}, **hparams}
+    want = _internals_wanted(model, adapter, info, hparams, opts)
     image_mask = _check_inputs(model, adapter, inputs)
     images = adapter.images(model, processor, inputs, image_sizes, want)  # the one vision-tower pass
-    counts = _check_images(images, image_mask, info, newlines)
+    counts = _check_images(images, image_mask, info, opts["newlines"])
     if isinstance(keep, int) and not isinstance(keep, bool) and keep >= max(counts):
         warnings.warn(f"keep={keep} >= N={max(counts)} visual tokens: every token is kept", stacklevel=3)
     llm_scores, t_llm = _in_llm_scores(model, info, inputs, image_mask, hparams)
     tokenizer = getattr(processor, "tokenizer", processor)
-    words, query = query_embeddings(model, tokenizer, prompt)
+    words, text_query = query_embeddings(model, tokenizer, prompt, opts["query"])
     embeds = _embed(model, inputs["input_ids"], image_mask, images)
 
     selections, keeps, ks, t_sel = [], [], [], 0.0
@@ -85,7 +96,7 @@ def prune(
         if llm_scores is not None:
             internals["llm_attention"] = llm_scores[i]
         t0 = time.perf_counter()
-        sel, k = _select_image(model, adapter, info, im, keep, query, internals, newlines, hparams)
+        sel, k = _select_image(model, adapter, info, im, keep, text_query, internals, opts, hparams)
         t_sel += time.perf_counter() - t0
         selections.append(sel)
         ks.append(k)
@@ -108,11 +119,17 @@ def prune(
         generate_kwargs=gen,
         selections=tuple(selections),
         geometry=tuple(im.geometry for im in images if im.geometry is not None),
-        query_words=(words,) * len(images),
-        query_tokens=(query,) * len(images),
+        query_words=(words.words,) * len(images),
+        query_tokens=(text_query,) * len(images),
         stats=stats,
         method=method,
-        params=dict(hparams, keep=ks[0] if len(set(ks)) == 1 else tuple(ks), positions=positions, newlines=newlines),
+        params=dict(
+            hparams,
+            keep=ks[0] if len(set(ks)) == 1 else tuple(ks),
+            positions=positions,
+            **opts,
+            extractor=words.extractor,
+        ),
         visual_tokens=tuple(im.tokens.detach().float().cpu() for im in images),
         context=context,
     )
@@ -122,26 +139,42 @@ def prune(
 # The steps of prune
 
 
-def _check_options(model: Any, adapter: Adapter, info: MethodInfo, positions: str | None, newlines: str) -> str:
-    """The position mode (the family's default when None); ``ValueError`` for options the family or method lacks."""
+def _check_positions(model: Any, adapter: Adapter, positions: str | None) -> str:
+    """The position mode (the family's default when None); ``ValueError`` for one the family lacks."""
     if positions is None:
         positions = adapter.positions[0]
     if positions not in adapter.positions:
         allowed = " or ".join(repr(p) for p in adapter.positions)
         raise ValueError(f"positions must be {allowed} for {type(model).__name__}, got {positions!r}")
-    if newlines not in NEWLINE_POLICIES:
-        raise ValueError(f"newlines must be one of {NEWLINE_POLICIES}, got {newlines!r}")
     return positions
 
 
-def _internals_wanted(model: Any, adapter: Adapter, info: MethodInfo, hparams: dict[str, Any]) -> frozenset[str]:
-    """The internals to compute for ``info``: all it requires (``ValueError`` if the family does not offer one) and
-    the optional ones the family offers and the caller did not pass. ``llm_attention`` comes from the LLM."""
+def _options(info: MethodInfo, **given: str | None) -> dict[str, str]:
+    """``prune``'s options: what the caller gave, else the method's declared default, else the global default."""
+    opts = {}
+    for name, values in PRUNE_OPTIONS.items():
+        value = given.get(name)
+        if value is None:
+            value = info.prune_defaults.get(name, values[0])
+        if value not in values:
+            raise ValueError(f"{name} must be one of {values}, got {value!r}")
+        opts[name] = value
+    return opts
+
+
+def _internals_wanted(
+    model: Any, adapter: Adapter, info: MethodInfo, hparams: dict[str, Any], opts: dict[str, str]
+) -> frozenset[str]:
+    """The internals to compute for ``info``: all it requires (``ValueError`` if the family does not offer one), the
+    optional ones the family offers and the caller did not pass, and each token's crop for ``budget="per-crop"``.
+    ``llm_attention`` comes from the LLM."""
     offered = adapter.offers | ({"llm_attention"} if info.in_llm is not None else set())
     missing = [i for i in info.requires if i not in offered]
     if missing:
         raise ValueError(f"method {info.name!r} needs {', '.join(missing)}, but {adapter.missing(model, missing[0])}")
     optional = {i for kw, i in info.optional.items() if kw not in hparams and i in offered}
+    if opts["budget"] == "per-crop" and "crops" in offered:
+        optional.add("crops")
     return frozenset((set(info.requires) | optional) - {"llm_attention"})
 
 
@@ -220,19 +253,53 @@ def _select_image(
     keep: int,
     query: torch.Tensor | None,
     internals: dict[str, Any],
-    newlines: str,
+    opts: dict[str, str],
     hparams: dict[str, Any],
 ) -> tuple[Selection, int]:
-    """Run the method on one image's candidates (the newline policy), passing exactly its declared internals."""
+    """Run the method on one image's candidates (the newline policy), passing exactly its declared internals; with
+    ``budget="per-crop"`` once per crop the tower saw, K split evenly over the crops (``split_budget``)."""
     vis = im.tokens.detach().float().cpu()  # (N, D)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         k = check_keep(keep, vis.shape[0])
+    newlines = opts["newlines"]
     cand, forced, k_sel = _candidates(im.view, k, newlines)
-    whole = cand.numel() == vis.shape[0]
+    groups = [cand]
+    if opts["budget"] == "per-crop" and "crops" in internals:
+        crop = torch.as_tensor(internals["crops"]).long().cpu()[cand]
+        groups = [cand[crop == c] for c in torch.unique(crop).tolist()]  # crop order (newlines: -1, first)
+        groups = groups[1:] + groups[:1] if len(groups) > 1 and int(crop.min()) < 0 else groups
+    budgets = split_budget(k_sel, [g.numel() for g in groups]) if len(groups) > 1 else [k_sel]
+    parts = []
+    for idx, kg in zip(groups, budgets):
+        if kg:
+            parts.append((idx, _run(model, adapter, info, vis, idx, kg, query, internals, hparams)))
+    whole = len(parts) == 1 and parts[0][0].numel() == vis.shape[0]
+    if whole and not forced.numel():
+        return parts[0][1], k
+    extra = {"per_crop": tuple(budgets)} if len(groups) > 1 else {}
+    note = f"LLaVA-NeXT newlines={newlines!r}: {forced.numel()} forced"
+    if len(groups) > 1:
+        note += f"; per-crop budget {tuple(budgets)}"
+    return _restate(parts, vis, forced, note, extra), k
+
+
+def _run(
+    model: Any,
+    adapter: Adapter,
+    info: MethodInfo,
+    vis: torch.Tensor,
+    idx: torch.Tensor,
+    k: int,
+    query: torch.Tensor | None,
+    internals: dict[str, Any],
+    hparams: dict[str, Any],
+) -> Selection:
+    """The method on the tokens ``idx`` of one image, with the declared internals narrowed to them."""
+    whole = idx.numel() == vis.shape[0]
 
     def narrow(name: str, value: Any) -> Any:
-        return value if whole or name not in PER_TOKEN_INTERNALS else value[cand]
+        return value if whole or name not in PER_TOKEN_INTERNALS else value[idx]
 
     kw = dict(hparams)
     for name in info.requires:
@@ -241,18 +308,15 @@ def _select_image(
         if name not in hparams and internal in internals:
             kw[name] = narrow(internal, internals[internal])
     with warnings.catch_warnings():
-        if not whole:  # "all the image tokens" is the policy here, not a budget mistake
+        if not whole:  # "all the tokens of this part" is the policy here, not a budget mistake
             warnings.simplefilter("ignore")
         try:
-            sel = info.fn(vis if whole else vis[cand], k_sel, query=query if info.text_aware else None, **kw)
+            return info.fn(vis if whole else vis[idx], k, query=query if info.text_aware else None, **kw)
         except ValueError as e:  # a setting that needs an internal this family lacks: say so
             lacking = [i for n, i in info.optional.items() if n in str(e) and i not in internals]
             if lacking:
                 raise ValueError(f"{e}; {adapter.missing(model, lacking[0])}") from None
             raise
-    if not whole or forced.numel():
-        sel = _widen(sel, vis, cand, forced, f"LLaVA-NeXT newlines={newlines!r}: {forced.numel()} forced")
-    return sel, k
 
 
 def _kept_positions(
@@ -315,25 +379,35 @@ def _candidates(view: torch.Tensor, k: int, newlines: str) -> tuple[torch.Tensor
     return content, nl[:0], k
 
 
-def _widen(sel: Selection, tokens: torch.Tensor, cand: torch.Tensor, forced: torch.Tensor, note: str) -> Selection:
-    """A selection over the candidates ``cand`` restated over all N tokens (plus the ``forced`` ones)."""
+def _restate(
+    parts: list[tuple[torch.Tensor, Selection]], tokens: torch.Tensor, forced: torch.Tensor, note: str, params: dict
+) -> Selection:
+    """Selections over subsets of the tokens (``(indices, selection)`` per part, in part order) restated as one
+    selection over all N tokens, plus the ``forced`` ones; the residual curve is left to compute on access."""
     n = tokens.shape[0]
-    order = torch.cat([cand[sel.order.cpu()], forced])
+    order = torch.cat([idx[sel.order.cpu()] for idx, sel in parts] + [forced])
     nan = torch.full((forced.numel(),), float("nan"))
     rel = None
-    if sel.relevance is not None:
+    if all(sel.relevance is not None for _, sel in parts):
         rel = torch.zeros(n)
-        rel[cand] = sel.relevance.cpu().float()
+        for idx, sel in parts:
+            rel[idx] = sel.relevance.cpu().float()
+    energy = None
+    if all(sel.energy is not None for _, sel in parts):
+        energy = torch.cat([sel.energy.cpu().float() for _, sel in parts] + [nan])
+    first = parts[0][1]
+    notes = tuple(dict.fromkeys(x for _, sel in parts for x in sel.notes))
     return Selection(
         keep_idx=order.sort().values,
         order=order,
-        gain=torch.cat([sel.gain.cpu().float(), nan]),
-        residual=residual_curve(tokens, order).float(),
-        method=sel.method,
+        gain=torch.cat([sel.gain.cpu().float() for _, sel in parts] + [nan]),
+        _residual=None,
+        method=first.method,
         n_tokens=n,
-        energy=None if sel.energy is None else torch.cat([sel.energy.cpu().float(), nan]),
+        energy=energy,
         relevance=rel,
-        params=sel.params,
-        notes=(*sel.notes, note),
-        merged=sel.merged,
+        params={**first.params, **params},
+        notes=(*notes, note),
+        merged=first.merged,
+        _tokens=tokens,
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, get_args
 
-from .types import INTERNALS, NEWLINE_POLICIES, Selection, Stage
+from .types import INTERNALS, NEWLINE_POLICIES, PRUNE_OPTIONS, Selection, Stage
 
 SelectFn = Callable[..., Selection]
 
@@ -44,6 +44,9 @@ class MethodInfo:
             ``"llm"`` (inside the language model).
         hparams: the method's tunable keyword arguments (its signature minus tokens, keep, query and internals).
         newlines: the LLaVA-NeXT newline policies (``prune``'s ``newlines``) the method supports.
+        prune_defaults: the method's defaults for ``prune``'s options (``types.PRUNE_OPTIONS``: ``query``,
+            ``newlines``, ``budget``) where they differ from the global ones (e.g. a peer's released code keeps
+            LLaVA-NeXT's newlines and splits K per crop).
         in_llm: for ``stage="llm"`` methods, the object ``prune`` asks for the in-LLM part: ``attention(model,
             inputs, hparams)`` -> `(L,)` score of every prompt position (the internal ``llm_attention``),
             ``context(model, keep_positions, prompt_len, hparams)`` -> the generation context manager, and
@@ -60,6 +63,7 @@ class MethodInfo:
     hparams: tuple[str, ...] = ()
     newlines: tuple[str, ...] = NEWLINE_POLICIES
     in_llm: Any = None
+    prune_defaults: Mapping[str, str] = field(default_factory=dict)
 
     def internals(self) -> tuple[str, ...]:
         """Every internal the method may receive (required first)."""
@@ -79,6 +83,7 @@ def register(
     stage: Stage = "pre-llm",
     newlines: tuple[str, ...] = NEWLINE_POLICIES,
     in_llm: Any = None,
+    prune_defaults: Mapping[str, str] | None = None,
 ) -> Callable[[SelectFn], SelectFn]:
     """Decorator that registers a selection function under ``name``.
 
@@ -90,6 +95,10 @@ def register(
         raise ValueError(f"stage must be one of {get_args(Stage)}, got {stage!r}")
     if (stage == "llm") != (in_llm is not None):
         raise ValueError(f"method {name!r}: in_llm is required for stage='llm' methods and only for them")
+    prune_defaults = dict(prune_defaults or {})
+    for opt, value in prune_defaults.items():
+        if opt not in PRUNE_OPTIONS or value not in PRUNE_OPTIONS[opt]:
+            raise ValueError(f"method {name!r}: prune_defaults {opt}={value!r} is not one of {PRUNE_OPTIONS}")
     if not newlines or any(p not in NEWLINE_POLICIES for p in newlines):
         raise ValueError(f"method {name!r}: newlines must be a non-empty subset of {NEWLINE_POLICIES}, got {newlines}")
     for internal in (*requires, *optional.values()):
@@ -118,6 +127,7 @@ def register(
             hparams,
             tuple(newlines),
             in_llm,
+            MappingProxyType(prune_defaults),
         )
         return fn
 

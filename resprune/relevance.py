@@ -20,13 +20,14 @@ def text_relevance(tokens: torch.Tensor, query: torch.Tensor, *, aggregation: st
             ``"pooled"`` (``cos(v_i, mean_j t_j)``).
 
     Returns:
-        `(N,)` float32 in [-1, 1].
+        `(N,)` float64 in [-1, 1] (computed in float64: the ranking ties of float32 cosines are resolved; the cost is
+        an `(N, D) x (D, Q)` product with Q a few words).
     """
-    v = torch.nn.functional.normalize(tokens.float(), dim=-1)  # (N, D)
+    v = torch.nn.functional.normalize(tokens.double(), dim=-1)  # (N, D)
     if aggregation == "pooled":
-        t = torch.nn.functional.normalize(query.float().mean(0, keepdim=True), dim=-1)  # (1, D)
+        t = torch.nn.functional.normalize(query.double().mean(0, keepdim=True), dim=-1)  # (1, D)
         return (v @ t.T)[:, 0]
-    t = torch.nn.functional.normalize(query.float(), dim=-1)  # (Q, D)
+    t = torch.nn.functional.normalize(query.double(), dim=-1)  # (Q, D)
     cos = v @ t.T  # (N, Q)
     if aggregation == "max":
         return cos.max(dim=1).values
@@ -36,19 +37,19 @@ def text_relevance(tokens: torch.Tensor, query: torch.Tensor, *, aggregation: st
 
 
 def map_relevance(r: torch.Tensor, *, mapping: str = "minmax", floor: float = 1e-6) -> torch.Tensor:
-    """Map raw cosine relevance of ONE image to (0, 1] so that ``r ** alpha`` is defined (order-preserving).
+    """Map raw cosine relevance of ONE image to (0, 1] so that ``r ** alpha`` is defined (order-preserving; float64).
 
-    >>> map_relevance(torch.tensor([-0.5, 0.0, 0.5])).tolist()
-    [9.999999974752427e-07, 0.5000004768371582, 1.0]
+    >>> [round(x, 7) for x in map_relevance(torch.tensor([-0.5, 0.0, 0.5])).tolist()]
+    [1e-06, 0.5000005, 1.0]
     """
     if not (0 < floor < 1):
         raise ValueError(f"floor must be in (0, 1), got {floor}")
-    r = r.float()
+    r = r.double()
     if mapping == "minmax":
         lo, hi = r.min(), r.max()
         if float(hi - lo) <= 1e-12:
             return torch.ones_like(r)
-        return (1.0 - (1.0 - floor) * (hi - r).double() / float(hi - lo)).float()  # max -> exactly 1
+        return 1.0 - (1.0 - floor) * (hi - r) / float(hi - lo)  # max -> exactly 1
     if mapping == "affine":
         return ((1 + r) / 2).clamp(min=floor, max=1.0)
     if mapping == "clamp":

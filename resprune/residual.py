@@ -62,7 +62,10 @@ def greedy_residual(
     span_tol = SPAN_RTOL * float(norm2.max()) if n else 0.0
     w = np.ones(n) if weight is None else weight.double().numpy()
     est = norm2.copy()  # (N,) energy estimates (exact where ``exact``)
-    exact = norm2 <= 0  # tracked exactly (float64 downdates); zero tokens are exact from the start
+    exact = norm2 <= 0  # tracked exactly: explicit float64 residual vectors (zero tokens: exact from the start)
+    frag = np.empty(0, dtype=np.int64)  # the tracked tokens (rows of ``frag_res``)
+    frag_res = np.zeros((0, dim))  # (F, D) their float64 residual vectors
+    frag_pos: dict[int, int] = {}  # token -> row of frag_res
     margin = MARGIN * norm2
     spanned = norm2 <= span_tol
     est[spanned] = 0.0
@@ -78,42 +81,69 @@ def greedy_residual(
     curve[0] = 1.0 if total0 > 0 else 0.0
 
     def residual(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact float64 residual vectors `(len(idx), D)` of tokens ``idx`` w.r.t. the basis, and their energies."""
+        """Exact float64 residual vectors `(len(idx), D)` of tokens ``idx`` w.r.t. the basis, and their energies
+        (classical Gram–Schmidt, a second pass where the first removed more than half the norm: DGKS)."""
         r = v32[idx].astype(np.float64)
-        for _ in range(2 if m else 0):  # twice is enough
+        if m:
             r -= (r @ q64[:m].T) @ q64[:m]
+            e = np.einsum("ij,ij->i", r, r)
+            again = e < 0.5 * norm2[idx]
+            if again.any():
+                ra = r[again]
+                ra -= (ra @ q64[:m].T) @ q64[:m]
+                r[again] = ra
         return r, np.einsum("ij,ij->i", r, r)
+
+    def track(idx: np.ndarray, r: np.ndarray, e: np.ndarray) -> None:
+        """Estimates below ``FRAGILE * ||v||^2`` carry no information: keep these tokens' residuals exactly."""
+        nonlocal frag, frag_res
+        new = ~exact[idx] & (e <= FRAGILE * norm2[idx])
+        if new.any():
+            frag_pos.update((int(i), frag.size + j) for j, i in enumerate(idx[new]))
+            frag = np.concatenate([frag, idx[new]])
+            frag_res = np.concatenate([frag_res, r[new]])
+            exact[idx[new]] = True
 
     for t in range(keep):
         fresh = np.zeros(n, dtype=bool)  # exactly evaluated at this step
-        res_s = None
+        fresh_res: dict[int, np.ndarray] = {}
         if t == 0 and seed is not None:
             s = int(seed)
         else:
+            batch = 1
             while True:  # lazy search: upper bounds for estimates, exact values where known
                 bound = np.where(avail, w * np.where(exact | fresh, est, est + margin), -np.inf)
                 s = int(bound.argmax())
                 if exact[s] or fresh[s] or not bound[s] > 0:
                     break
                 cand = np.flatnonzero(avail & ~exact & ~fresh)
-                top = cand[np.argsort(-bound[cand], kind="stable")[:_BATCH]]
-                _, e = residual(top)
+                top = cand[np.argsort(-bound[cand], kind="stable")[:batch]] if batch > 1 else np.array([s])
+                batch = min(2 * batch, _BATCH)
+                r, e = residual(top)
                 est[top] = np.where(e <= span_tol, 0.0, e)
                 fresh[top] = True
+                fresh_res.update(zip(top.tolist(), r))
                 spanned[top] |= e <= span_tol
-                exact[top] |= e <= FRAGILE * norm2[top]
+                track(top, r, e)
             if not bound[s] > 0:  # everything left is spanned: break ties by weight, then by index
                 s = int(np.where(avail, w, -np.inf).argmax())
-        res_s, e_s = residual(np.array([s]))
+        if s in fresh_res:
+            res_s = fresh_res[s][None]
+            e_s = np.array([est[s]])
+        elif exact[s] and s in frag_pos:
+            res_s = frag_res[frag_pos[s]][None]
+            e_s = np.einsum("ij,ij->i", res_s, res_s)
+        else:
+            res_s, e_s = residual(np.array([s]))
         e_s = 0.0 if e_s[0] <= span_tol else float(e_s[0])
         order[t], e_pick[t], g_pick[t] = s, e_s, w[s] * e_s
         avail[s] = False
         if e_s > 0:  # a new direction: extend the basis, update every estimate
             q = res_s[0] / np.sqrt(e_s)
             q64[m] = q
-            track = np.flatnonzero(exact & avail & ~spanned)
-            if track.size:  # fragile tokens: exact float64 downdate
-                est[track] -= (v32[track].astype(np.float64) @ q) ** 2
+            if frag.size:  # tracked tokens: project their residual vectors off the new direction
+                frag_res -= np.outer(frag_res @ q, q)
+                est[frag] = np.einsum("ij,ij->i", frag_res, frag_res)
             rest = ~exact
             if gram is not None:
                 ls = chol[:m, s]
@@ -127,14 +157,12 @@ def greedy_residual(
                 col = (v32 @ q.astype(np.float32)).astype(np.float64)
             est[rest] -= col[rest] ** 2
             m += 1
-            newly = rest & (est <= FRAGILE * norm2) & avail
-            if newly.any():  # estimates no longer informative: evaluate exactly and track from now on
-                idx = np.flatnonzero(newly)
-                _, e = residual(idx)
-                est[idx] = e
-                exact[idx] = True
-            small = exact & (est <= span_tol)
-            spanned |= small
+            newly = np.flatnonzero(rest & (est <= FRAGILE * norm2) & avail)
+            if newly.size:  # evaluate exactly and track from now on
+                r, e = residual(newly)
+                est[newly] = e
+                track(newly, r, e)
+            spanned |= exact & (est <= span_tol)
         est[spanned | ~avail] = 0.0
         curve[t + 1] = max(float(est.sum()), 0.0) / total0 if total0 > 0 else 0.0
     curve = np.minimum.accumulate(curve)

@@ -1,9 +1,13 @@
 """The text side of ResPrune: which words of the instruction form the relevance query.
 
-The paper cleans the prompt with regular expressions and keeps its nouns, extracted with spaCy [S]. spaCy's English
-pipelines are installed from release wheels rather than the package registry, so this module uses spaCy when an
-English pipeline is importable and otherwise a dependency-free fallback that keeps the prompt's content words
-(everything that is not a stop word, a number or punctuation). ``Keywords.extractor`` says which one ran.
+The paper cleans the prompt with regular expressions and keeps its nouns, extracted with spaCy. spaCy's English
+pipelines are installed from release wheels rather than the package registry, so the nouns come from spaCy when an
+English pipeline is importable and otherwise from TextBlob's pattern part-of-speech tagger (a dependency from the
+package registry that ships its lexicon: no download at run time, ~0.1 ms a prompt). Generic instruction nouns
+("image", "question", "answer", ...) are dropped as stop words. ``Keywords.extractor`` says which one ran.
+
+Query modes (``prune(..., query=...)``): ``"nouns"`` (the paper), ``"keywords"`` (every content word: adjectives and
+verbs too) and ``"instruction"`` (every token of the instruction: the paper's Setting-1 ablation).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .types import PRUNE_OPTIONS
 
 # Function words, question words, pronouns, auxiliaries and common instruction verbs: never content.
 _STOP = frozenset(
@@ -26,7 +32,7 @@ _STOP = frozenset(
     very just also only own same such more most other what which who whom whose when where why how
     please describe tell say show give explain answer question image picture photo photograph scene see look
     there's what's is there are there kind type sort thing things something anything word single briefly
-    many much object objects
+    many much object objects phrase sentence using use
     """.split()
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z\-']*")
@@ -38,7 +44,8 @@ class Keywords:
 
     Attributes:
         words: the picked words, in prompt order, duplicates removed.
-        extractor: ``"spacy:<pipeline>"`` or ``"fallback"``.
+        extractor: ``"spacy:<pipeline>"``, ``"textblob-pattern"``, ``"fallback"`` (content words) or
+            ``"instruction"`` (every word).
     """
 
     words: tuple[str, ...]
@@ -87,47 +94,88 @@ def fallback_keywords(prompt: str) -> tuple[str, ...]:
     return _dedup([w for w in words if len(w) > 1 and w not in _STOP])
 
 
+QUERY_MODES = PRUNE_OPTIONS["query"]
+
+
+@functools.lru_cache(maxsize=1)
+def _pattern_tagger():  # noqa: ANN202
+    from textblob.en.taggers import PatternTagger
+
+    return PatternTagger()
+
+
 def extract_keywords(prompt: str, *, extractor: str = "auto") -> Keywords:
-    """The nouns of ``prompt`` (spaCy), or its content words (fallback).
+    """The nouns of ``prompt`` (spaCy or TextBlob's pattern tagger), or its content words (``"fallback"``).
 
     Args:
         prompt: the user's instruction (chat markup is stripped first).
-        extractor: ``"auto"`` (spaCy if an English pipeline is installed, else the fallback), ``"spacy"``
-            (raise if unavailable) or ``"fallback"``.
+        extractor: ``"auto"`` (spaCy if an English pipeline is installed, else TextBlob), ``"spacy"`` (raise if
+            unavailable), ``"textblob"`` or ``"fallback"`` (content words, no tagger).
 
     Returns:
         ``Keywords`` with the words (possibly empty) and the name of the extractor that ran.
+
+    >>> extract_keywords("Is the big red circle left of the blue square?", extractor="textblob").words
+    ('circle', 'square')
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    if extractor not in ("auto", "spacy", "fallback"):
-        raise ValueError(f"extractor must be 'auto', 'spacy' or 'fallback', got {extractor!r}")
-    if extractor != "fallback":
+    if extractor not in ("auto", "spacy", "textblob", "fallback"):
+        raise ValueError(f"extractor must be 'auto', 'spacy', 'textblob' or 'fallback', got {extractor!r}")
+    text = clean_prompt(prompt)
+    if extractor in ("auto", "spacy"):
         nlp = _spacy_pipeline()
         if nlp is not None:  # pragma: no cover - optional
-            doc = nlp(clean_prompt(prompt))
+            doc = nlp(text)
             nouns = [t.text.lower() for t in doc if t.pos_ in ("NOUN", "PROPN") and t.text.lower() not in _STOP]
             return Keywords(_dedup(nouns), f"spacy:{nlp.meta.get('name', 'en')}")
         if extractor == "spacy":
             raise ValueError("extractor='spacy' but no spaCy English pipeline (en_core_web_sm) is installed")
+    if extractor in ("auto", "textblob"):
+        tags = _pattern_tagger().tag(text) if text else []
+        nouns = [w.lower().strip("'-") for w, tag in tags if tag.startswith("NN")]
+        return Keywords(
+            _dedup([w for w in nouns if len(w) > 1 and w not in _STOP and _WORD.fullmatch(w)]), "textblob-pattern"
+        )
     return Keywords(fallback_keywords(prompt), "fallback")
 
 
-def query_embeddings(model: Any, tokenizer: Any, prompt: str | None) -> tuple[tuple[str, ...], torch.Tensor | None]:
-    """Words of ``prompt`` (nouns / content words) and the `(Q, D)` LLM input embeddings of their sub-word tokens."""
+def query_words(prompt: str, query: str = "nouns") -> Keywords:
+    """The words of ``prompt`` that form the relevance query in mode ``query`` (see ``QUERY_MODES``)."""
+    if query not in QUERY_MODES:
+        raise ValueError(f"query must be one of {QUERY_MODES}, got {query!r}")
+    if query == "nouns":
+        return extract_keywords(prompt)
+    if query == "keywords":
+        return extract_keywords(prompt, extractor="fallback")
+    return Keywords(tuple(clean_prompt(prompt).split()), "instruction")
+
+
+def query_embeddings(
+    model: Any, tokenizer: Any, prompt: str | None, query: str = "nouns"
+) -> tuple[Keywords, torch.Tensor | None]:
+    """The query words of ``prompt`` (mode ``query``) that the tokenizer can embed, and the `(Q, D)` LLM input
+    embeddings of their sub-word tokens (``"instruction"``: of every token of the cleaned instruction)."""
+    if query not in QUERY_MODES:
+        raise ValueError(f"query must be one of {QUERY_MODES}, got {query!r}")
     if not prompt or tokenizer is None:
-        return (), None
-    words = extract_keywords(prompt).words
+        return Keywords((), "none"), None
+    kw = query_words(prompt, query)
+    special = set(tokenizer.all_special_ids or [])
     ids: list[int] = []
     used = []
-    special = set(tokenizer.all_special_ids or [])
-    for w in words:
-        t = [i for i in tokenizer(w, add_special_tokens=False)["input_ids"] if i not in special]
-        if t:
-            ids += t
-            used.append(w)
+    if query == "instruction":
+        ids = [i for i in tokenizer(clean_prompt(prompt), add_special_tokens=False)["input_ids"] if i not in special]
+        used = list(kw.words)
+    else:
+        for w in kw.words:
+            t = [i for i in tokenizer(w, add_special_tokens=False)["input_ids"] if i not in special]
+            if t:
+                ids += t
+                used.append(w)
+    kw = Keywords(tuple(used), kw.extractor)
     if not ids:
-        return tuple(used), None
+        return kw, None
     emb = model.get_input_embeddings()
     q = emb(torch.tensor(ids, device=emb.weight.device)).detach().float().cpu()  # (Q, D)
-    return tuple(used), q
+    return kw, q

@@ -20,6 +20,13 @@ VIEW_NEWLINE = 2  # LLaVA-NeXT image_newline tokens (content-free; no pixel box)
 NEWLINE_POLICIES = ("drop", "keep", "prune")
 """What ``prune`` does with LLaVA-NeXT's ``image_newline`` tokens (see ``prune``'s ``newlines``)."""
 
+PRUNE_OPTIONS = {
+    "query": ("nouns", "keywords", "instruction"),  # which words of the prompt form the text query
+    "newlines": NEWLINE_POLICIES,
+    "budget": ("global", "per-crop"),  # one selection per image, or K split evenly over the crops the tower saw
+}
+"""``prune``'s options and their values; the first value is the global default (a method may declare its own)."""
+
 Stage = Literal["pre-llm", "encoder", "llm"]
 """Where a method acts: on the projected visual tokens, on the vision tower's internals, or inside the LLM."""
 
@@ -50,7 +57,9 @@ class Selection:
         energy: `(K,)` float32, the unweighted residual energy ``E_S(v)`` of each pick when it was picked
             (residual methods only, else ``None``).
         residual: `(K+1,)` float32, normalised total residual energy of ALL N tokens w.r.t. the span of the first
-            t picks, t = 0..K: 1 at t = 0, non-increasing, 0 once the picks span the tokens.
+            t picks, t = 0..K: 1 at t = 0, non-increasing, 0 once the picks span the tokens. Computed on first
+            access (an exact float64 replay of ``order``, ``resprune.residual_curve``) unless the method already had
+            it: the hot path of ``select`` / ``prune`` never pays for it.
         relevance: `(N,)` float32, the text relevance used (after the documented mapping to ``[0, 1]``), for
             text-aware methods; ``None`` otherwise.
         method: registry name of the method that produced it.
@@ -66,7 +75,7 @@ class Selection:
     keep_idx: torch.Tensor
     order: torch.Tensor
     gain: torch.Tensor
-    residual: torch.Tensor
+    _residual: torch.Tensor | None  # the curve when known; else computed from ``_tokens`` on first access
     method: str
     n_tokens: int
     energy: torch.Tensor | None = None
@@ -74,6 +83,24 @@ class Selection:
     params: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     merged: torch.Tensor | None = None
+    _tokens: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (N, D), for the lazy curve
+
+    @property
+    def residual(self) -> torch.Tensor:
+        """`(K+1,)` float32 residual curve (see the class docstring); computed once, on first access."""
+        if self._residual is None:
+            if self._tokens is None:
+                raise ValueError("this Selection has neither a residual curve nor the tokens to compute it")
+            from .residual import residual_curve
+
+            curve = residual_curve(self._tokens, self.order.cpu()).to(self.keep_idx.device)
+            object.__setattr__(self, "_residual", curve)
+        return self._residual
+
+    @property
+    def residual_computed(self) -> bool:
+        """Whether the residual curve exists yet (it is computed on first access of ``residual``)."""
+        return self._residual is not None
 
     @property
     def keep(self) -> int:

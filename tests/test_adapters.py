@@ -82,13 +82,13 @@ def test_every_method_on_every_family(family, method):
     if lacking:  # a clear error naming the internal and why the family lacks it
         reason = re.escape(adapter_for(model).no_internals_reason)
         with pytest.raises(ValueError, match=f"needs {lacking[0]}.*{reason}"):
-            prune(model, inputs, method, 6, processor=proc, prompt=PROMPT)
+            prune(model, inputs, method, 12, processor=proc, prompt=PROMPT)
         return
-    n, L = n_visual(model, inputs), inputs["input_ids"].shape[1]
-    res = prune(model, inputs, method, 6, processor=proc, prompt=PROMPT)
-    assert res.selections[0].keep == 6 and res.stats["seq_len_after"] == L - (n - 6)
+    n, L = n_visual(model, inputs), inputs["input_ids"].shape[1]  # K = 12 > the 6 newlines (per-crop peers keep them)
+    res = prune(model, inputs, method, 12, processor=proc, prompt=PROMPT)
+    assert res.selections[0].keep == 12 and res.stats["seq_len_after"] == L - (n - 12)
     if resprune.method_info(method).stage != "llm":  # in-LLM methods hand over the full prompt plus hooks
-        assert res.generate_kwargs["inputs_embeds"].shape[1] == L - (n - 6)
+        assert res.generate_kwargs["inputs_embeds"].shape[1] == L - (n - 12)
     with res.generation_context():
         out = model.generate(**res.generate_kwargs, max_new_tokens=2, do_sample=False)
     assert out.shape[0] == 1
@@ -220,3 +220,31 @@ def test_family_bad_inputs(family):
         prune(model, inputs, "nope", 8)
     with pytest.raises(ValueError, match="newlines must be one of"):
         prune(model, inputs, "resprune", 6, processor=proc, newlines="sometimes")
+
+
+def test_family_defaults_query_modes_and_declared_prune_options(family):
+    """alpha defaults per family (the paper's 0.3 for Qwen2.5-VL, 0.75 for LLaVA), reported in the Selection; the
+    query mode decides the words; a method's declared prune defaults (CDPruner: the whole instruction) apply."""
+    name, model, proc = family
+    inputs = make_inputs(proc, make_image(), "Is the big red circle left of the blue square?")
+    prompt = "Is the big red circle left of the blue square?"
+    res = prune(model, inputs, "resprune", 12, processor=proc, prompt=prompt)
+    assert res.selections[0].params["alpha"] == adapter_for(model).defaults["alpha"]
+    paper = {"llava": 0.75, "llava_next": 0.75, "qwen2_5_vl": 0.3}  # new families: their documented choice
+    assert name not in paper or res.selections[0].params["alpha"] == paper[name]
+    assert res.params["query"] == "nouns" and set(res.query_words[0]) <= {"circle", "square"}
+    assert (
+        prune(model, inputs, "resprune", 12, processor=proc, prompt=prompt, alpha=0.5).selections[0].params["alpha"]
+        == 0.5
+    )
+    inst = prune(model, inputs, "resprune", 12, processor=proc, prompt=prompt, query="instruction")
+    assert inst.query_words[0] == tuple(prompt.split()) and inst.params["extractor"] == "instruction"
+    assert inst.query_tokens[0].shape[0] >= len(prompt.split()) - 2  # every token of the instruction
+    kw = prune(model, inputs, "resprune", 12, processor=proc, prompt=prompt, query="keywords")
+    assert "big" in kw.query_words[0] or "red" in kw.query_words[0]
+    cdp = prune(model, inputs, "cdpruner", 12, processor=proc, prompt=prompt)
+    assert cdp.params["query"] == "instruction" and cdp.params["budget"] == "per-crop"
+    with pytest.raises(ValueError, match="query must be one of"):
+        prune(model, inputs, "resprune", 12, processor=proc, prompt=prompt, query="verbs")
+    with pytest.raises(ValueError, match="budget must be one of"):
+        prune(model, inputs, "resprune", 12, processor=proc, prompt=prompt, budget="sometimes")

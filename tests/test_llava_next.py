@@ -174,3 +174,29 @@ def test_next_visionzip_compresses_each_crop(next_model):
         assert torch.equal(model(**full.generate_kwargs).logits, model(**inputs).logits)
     with pytest.raises(ValueError, match="newlines='keep'.*sends no image_newline tokens"):
         prune(model, inputs, "visionzip", 20, processor=proc, newlines="keep")
+
+
+@pytest.mark.parametrize("method", ["cdpruner", "vispruner"])
+def test_peers_select_per_crop_and_keep_newlines_as_released(next_model, method):
+    """CDPruner and VisPruner on LLaVA-NeXT default to their released code's policy: K split evenly over the crops
+    (one selection per crop) with the image_newline tokens kept; the global policy stays an option."""
+    model, proc = next_model
+    inputs = make_inputs(proc, make_image())
+    res = prune(model, inputs, method, 26, processor=proc, prompt=PROMPT)
+    sel, g = res.selections[0], res.geometry[0]
+    n_nl = int((g.view == VIEW_NEWLINE).sum())
+    assert res.params["budget"] == "per-crop" and res.params["newlines"] == "keep"
+    assert sel.keep == 26 and int((g.view[sel.keep_idx] == VIEW_NEWLINE).sum()) == n_nl  # every newline kept
+    crops = (
+        resprune.adapters.ADAPTERS["LlavaNextForConditionalGeneration"]
+        .images(model, proc, inputs, None, frozenset({"crops"}))[0]
+        .internals["crops"]
+    )
+    per_crop = sel.params["per_crop"]
+    content = sel.keep_idx[g.view[sel.keep_idx] != VIEW_NEWLINE]
+    counts = torch.bincount(crops[content], minlength=len(per_crop)).tolist()
+    assert counts == list(per_crop) and sum(per_crop) == 26 - n_nl and max(per_crop) - min(per_crop) <= 1
+    glob = prune(model, inputs, method, 26, processor=proc, prompt=PROMPT, budget="global", newlines="drop")
+    assert "per_crop" not in glob.selections[0].params and glob.params["budget"] == "global"
+    assert int((g.view[glob.selections[0].keep_idx] == VIEW_NEWLINE).sum()) == 0
+    generate_checking_first_step(model, res, 2)

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 import resprune
 from resprune import list_methods, method_info, select
+from resprune.methods._common import split_budget
 from resprune.methods.cls import select_cls, select_vispruner
-from resprune.methods.visionzip import select_visionzip, split_budget
+from resprune.methods.visionzip import select_visionzip
 from resprune.residual import residual_curve
 
 # CI must not be flaky: examples are derived from the test, not drawn afresh each run

@@ -43,13 +43,30 @@ def test_relevance_aggregations_hand_checked():
     assert text_relevance(v, q, aggregation="pooled").tolist() == pytest.approx(pooled.tolist())
 
 
-def test_keywords_fallback_and_extractor_reported():
+def test_keywords_are_nouns_from_a_real_tagger_and_the_extractor_is_reported():
     kw = resprune.extract_keywords("USER: <image>\nWhat colour is the big cube left of the sphere? ASSISTANT:")
-    assert kw.extractor in ("fallback",) or kw.extractor.startswith("spacy:")
+    assert kw.extractor == "textblob-pattern" or kw.extractor.startswith("spacy:")
     assert "cube" in kw.words and "sphere" in kw.words and "what" not in kw.words
+    assert "big" not in kw.words  # an adjective: the paper keeps nouns only
+    nouns = resprune.extract_keywords("What is the woman holding in her hand?").words
+    assert nouns == ("woman", "hand")  # no verb ("holding"), no pronoun
     assert resprune.extract_keywords("cube", extractor="fallback") == resprune.Keywords(("cube",), "fallback")
+    assert resprune.extract_keywords("big red cube", extractor="fallback").words == ("big", "red", "cube")
     assert resprune.extract_keywords("What is it?", extractor="fallback").words == ()
+    assert resprune.extract_keywords("Describe the image.").words == ()  # generic instruction nouns are dropped
     with pytest.raises(TypeError, match="prompt must be a str"):
         resprune.extract_keywords(None)
     with pytest.raises(ValueError, match="extractor must be"):
         resprune.extract_keywords("x", extractor="nltk")
+
+
+def test_query_modes():
+    from resprune.text import query_words
+
+    p = "Is the big red cube left of the sphere?"
+    assert query_words(p, "nouns").words == ("cube", "sphere")
+    assert query_words(p, "keywords").words == ("big", "red", "cube", "left", "sphere")
+    inst = query_words(p, "instruction")
+    assert inst.extractor == "instruction" and inst.words == tuple(p.split())
+    with pytest.raises(ValueError, match="query must be one of"):
+        query_words(p, "verbs")

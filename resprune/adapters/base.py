@@ -58,6 +58,7 @@ class Adapter:
     image_kwargs_keys: tuple[str, ...] = ()  # processor outputs ``get_image_features`` needs besides pixel_values
     offers: frozenset[str] = frozenset()  # internals this family can supply
     no_internals_reason: str = "this model family does not expose it"
+    defaults: Mapping[str, Any] = {}  # method hyperparameters for this family when the caller gives none (alpha)
 
     def missing(self, model: Any, internal: str) -> str:
         """Why ``internal`` is not offered, for error messages."""

@@ -55,6 +55,7 @@ class LlavaAdapter(Adapter):
     classes = ("LlavaForConditionalGeneration",)
     family = "llava"
     offers = CLIP_INTERNALS
+    defaults = {"alpha": 0.75}  # ResPrune's paper: alpha = 0.75 for LLaVA-1.5 and LLaVA-NeXT
 
     def images(
         self, model: Any, processor: Any, inputs: Any, image_sizes: list | None, want: frozenset[str] = frozenset()

@@ -33,6 +33,7 @@ class LlavaNextAdapter(Adapter):
     family = "llava_next"
     image_kwargs_keys = ("image_sizes",)
     offers = CLIP_INTERNALS
+    defaults = {"alpha": 0.75}  # ResPrune's paper: alpha = 0.75 for LLaVA-1.5 and LLaVA-NeXT
 
     def _crops(self, model: Any, inputs: Any) -> tuple[torch.Tensor, list[int]]:
         """The crops the vision tower sees, concatenated `(sum n_i, 3, S, S)`, and ``n_i`` per image."""

@@ -22,6 +22,7 @@ class QwenAdapter(Adapter):
     positions = ("original",)
     image_kwargs_keys = ("image_grid_thw",)
     no_internals_reason = "its vision tower has no [CLS] token (and no pre-merger feature hook)"
+    defaults = {"alpha": 0.3}  # ResPrune's paper: alpha = 0.3 for Qwen2.5-VL
 
     def load_processor(self, target: str, **kw: Any) -> Any:
         """Images-only processor: ``AutoProcessor`` needs torchvision for Qwen's video processor."""

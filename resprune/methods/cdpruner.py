@@ -15,7 +15,12 @@ from ..types import Selection
 from ._common import NO_QUERY, finish
 
 
-@register("cdpruner", summary="CDPruner: conditional DPP (relevance x similarity), fast greedy MAP", text_aware=True)
+@register(
+    "cdpruner",
+    summary="CDPruner: conditional DPP (relevance x similarity), fast greedy MAP",
+    text_aware=True,
+    prune_defaults={"query": "instruction", "budget": "per-crop", "newlines": "keep"},  # as its released code
+)
 @torch.no_grad()
 def select_cdpruner(
     tokens: torch.Tensor,

@@ -36,6 +36,7 @@ def select_cls(
     requires=("cls_attention",),
     optional={"vision_features": "vision_features"},
     stage="encoder",
+    prune_defaults={"budget": "per-crop", "newlines": "keep"},  # its released LLaVA-NeXT code
 )
 @torch.no_grad()
 def select_vispruner(

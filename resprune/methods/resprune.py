@@ -107,7 +107,7 @@ def select_resprune(
     elif seed == "prior" or (seed == "auto" and seed_prior is not None):
         seed_rule, first = "prior", int(torch.argmax(seed_prior))
     else:
-        seed_rule, first = "max_norm", int(torch.argmax(torch.linalg.vector_norm(vc, dim=1)))
+        seed_rule, first = "max_norm", int(torch.argmax(torch.linalg.vector_norm(vc, dim=1, dtype=torch.float64)))
     chosen = auto_solver(n, k, v.shape[1]) if solver == "auto" else solver
     order, e, g, curve = greedy_residual(vc, k, weight, first, solver=chosen)
     params = dict(alpha=alpha, aggregation=aggregation, mapping=mapping, floor=floor, seed=seed_rule, solver=chosen)
@@ -138,7 +138,7 @@ def select_residual(
     sel = select_resprune(tokens, keep, query=None, alpha=0.0, seed=seed, seed_prior=seed_prior, solver=solver)
     params = {k: sel.params[k] for k in ("seed", "solver")}
     return Selection(
-        sel.keep_idx, sel.order, sel.gain, sel.residual, "residual", sel.n_tokens, sel.energy, None, params, ()
+        sel.keep_idx, sel.order, sel.gain, sel._residual, "residual", sel.n_tokens, sel.energy, None, params, ()
     )
 
 
@@ -166,7 +166,7 @@ def select_relevance(
     k = check_keep(keep, v.shape[0])
     vc = v.cpu()
     rel = mapped_relevance(vc, None if q is None else q.cpu(), aggregation, mapping, floor)
-    score = rel.double() if rel is not None else torch.linalg.vector_norm(vc, dim=1).double().pow(2)
+    score = rel.double() if rel is not None else torch.linalg.vector_norm(vc, dim=1, dtype=torch.float64).pow(2)
     # stable sort: equal scores keep index order
     order = torch.sort(score, descending=True, stable=True).indices[:k]
     params = dict(aggregation=aggregation, mapping=mapping, floor=floor)

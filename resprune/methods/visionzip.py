@@ -11,23 +11,7 @@ import torch
 from .._checks import check_keep, check_query, check_tokens
 from ..registry import register
 from ..types import Selection
-from ._common import finish
-
-
-def split_budget(k: int, sizes: list[int]) -> list[int]:
-    """``k`` split as evenly as possible over views of ``sizes`` tokens (earlier views get the remainder), no view
-    getting more than it has; what a small view cannot take goes to the others."""
-    out = [0] * len(sizes)
-    left = k
-    open_ = [j for j, n in enumerate(sizes) if n > 0]
-    while left > 0 and open_:
-        share, extra = divmod(left, len(open_))
-        for r, j in enumerate(open_):
-            add = min(share + (r < extra), sizes[j] - out[j])
-            out[j] += add
-            left -= add
-        open_ = [j for j in open_ if out[j] < sizes[j]]
-    return out
+from ._common import finish, split_budget
 
 
 def _zip_view(
