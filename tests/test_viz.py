@@ -502,6 +502,27 @@ def test_importing_viz_does_not_import_pyplot():
     assert out.returncode == 0, out.stderr
 
 
+def test_importing_resprune_does_not_import_matplotlib():
+    code = "import sys, resprune; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_to_image_renders_rgb_at_figure_size_and_releases_the_figure():
+    geom = llava_geometry()
+    fig = viz.plot_kept_tokens(image_for(geom), make_result(geom, 4), figsize=(3.0, 2.0))
+    img = viz.to_image(fig)
+    assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (300, 200)
+    a = np.asarray(img)
+    assert a.std() > 10  # something was drawn (not a blank canvas)
+    assert fig.axes == []  # released
+    kept = viz.plot_kept_tokens(image_for(geom), make_result(geom, 4), figsize=(3.0, 2.0))
+    assert viz.to_image(kept, release=False).size == (300, 200) and kept.axes  # kept for more frames
+    np.testing.assert_array_equal(np.asarray(viz.to_image(kept)), a)  # the same pixels as the first render
+    with pytest.raises(TypeError, match="fig must be a matplotlib Figure"):
+        viz.to_image(img)
+
+
 def test_no_rcparams_change():
     before = dict(matplotlib.rcParams)
     res = make_result(llava_geometry(), 4)
