@@ -4,7 +4,12 @@ Every ``plot_*`` returns a ``matplotlib.figure.Figure`` (drawing into ``ax=`` wh
 pyplot, changes ``rcParams`` or writes files. ``to_image(fig)`` renders one to a PIL image.
 
 Modules: ``_grid`` (token <-> pixel geometry), ``_canvas`` (the drawing machinery), ``figures`` (kept tokens,
-relevance, method grid, residual energy), ``greedy`` (step-through and GIF).
+relevance, method grid, residual energy), ``greedy`` (step-through and GIF), ``probe`` (``token_at``: the token
+under a clicked pixel and its facts).
+
+Every figure explains itself: a legend and a one-line caption under the plot (``explain=False`` leaves them out),
+and a blank band at the top of each new figure, so that an app's image label (gradio draws it over the top-left
+corner) covers no title.
 
 >>> import viz
 >>> img = viz.to_image(viz.plot_kept_tokens(image, result, answer="red"))  # doctest: +SKIP
@@ -20,6 +25,7 @@ from ._canvas import OKABE_ITO, to_image
 from ._grid import relevant_tokens, token_recall
 from .figures import plot_kept_tokens, plot_method_grid, plot_relevance, plot_residual_energy
 from .greedy import greedy_animation, plot_greedy_step
+from .probe import token_at
 
 __all__ = [
     "OKABE_ITO",
@@ -32,5 +38,6 @@ __all__ = [
     "relevant_tokens",
     "residual_energies",
     "to_image",
+    "token_at",
     "token_recall",
 ]

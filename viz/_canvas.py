@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import weakref
 
 import numpy as np
 import torch
@@ -17,8 +18,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.text import Text
 from PIL import Image
 
+from resprune.relevance import map_relevance, text_relevance
 from resprune.types import PruneResult, Selection, TokenGeometry
 
 from . import _grid
@@ -33,6 +37,13 @@ TITLE_SIZE = 10
 LOG_FLOOR = 1e-4  # log-scale heat maps and curves show values down to this share of their maximum
 WIDTH_IN = 5.0  # default figure width in inches: 500 px at the default dpi of 100
 DPI = 100
+TOP_BAND_IN = 0.35  # blank band at the top of a new figure: an app's image label (gradio: top-left) covers nothing
+LEGEND_SIZE = 8
+CAPTION_SIZE = 8
+CAPTION_COLOR = "0.25"
+FOOTER_IN = 0.55  # height of a footer: a caption of up to two lines over one row of legend keys
+CAPTION_GID = "caption"  # gid of every figure's caption artist (tests and callers find it by this)
+CROP_COLOR = "0.35"  # dashed box: the part of the image the processor kept (crop) or padded
 
 # ---------------------------------------------------------------------------------------------------------------
 # Input handling
@@ -111,13 +122,30 @@ def short(text: str, width: int = 60) -> str:
 # Drawing tokens over the image
 
 
-def layout_size(geom: TokenGeometry, title_lines: int, width: float = WIDTH_IN, colorbar: bool = False):  # noqa: ANN202
+def layout_size(
+    geom: TokenGeometry, title_lines: int, width: float = WIDTH_IN, colorbar: bool = False, footer_in: float = 0.0
+):  # noqa: ANN202
+    """Default ``(width, height)`` in inches of a one-image figure: the image at ``width``, its title lines, the top
+    band and ``footer_in`` inches of legend and caption under it."""
     ps = _grid.panels(geom)
     w = ps[-1].extent[2] + ps[-1].offset - (ps[0].extent[0] + ps[0].offset)
     h = max(p.height for p in ps) * (1.1 if len(ps) > 1 else 1.0)
     plot_w = width - (0.9 if colorbar else 0.1)
-    height = plot_w * h / w + 0.2 * title_lines + 0.15
-    return (width, float(np.clip(height, 2.6 if colorbar else 1.6, 9.0)))
+    height = plot_w * h / w + 0.2 * title_lines + footer_in + 0.15
+    return (width, float(np.clip(height, 2.6 if colorbar else 1.6, 9.0)) + TOP_BAND_IN)
+
+
+def top_band(fig: Figure) -> float:
+    """The height of the blank top band as a share of the figure's height."""
+    return min(TOP_BAND_IN / max(fig.get_figheight(), 1e-6), 0.3)
+
+
+def new_figure(figsize: tuple[float, float], dpi: int = DPI) -> Figure:
+    """A constrained-layout ``Figure`` whose top ``TOP_BAND_IN`` inches stay blank, so that an image label drawn over
+    the top-left corner (gradio's) covers no title (Axes titles sit under the band; a ``suptitle`` would not)."""
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    fig.get_layout_engine().set(rect=(0.0, 0.0, 1.0, 1.0 - top_band(fig)))
+    return fig
 
 
 def new_axes(ax: Axes | None, figsize: tuple[float, float] | None, default: tuple[float, float]):  # noqa: ANN202
@@ -125,8 +153,104 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float] | None, default: tupl
         if not isinstance(ax, Axes):
             raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
         return ax.figure, ax
-    fig = Figure(figsize=figsize or default, dpi=DPI, layout="constrained")
+    fig = new_figure(figsize or default)
     return fig, fig.add_subplot()
+
+
+def wrap(text: str, width_in: float, size: float = CAPTION_SIZE) -> str:
+    """``text`` wrapped to lines that fit ``width_in`` inches at font size ``size``."""
+    chars = max(20, int(width_in * 72 / (0.52 * size)))
+    return "\n".join(textwrap.wrap(" ".join(text.split()), chars)) or text
+
+
+def _ncols(handles: list, width_in: float) -> int:
+    """Legend columns: as many as fit in one row of ``width_in`` inches, else the fewest rows that fit."""
+    em = LEGEND_SIZE / 72  # inches
+    widths = [em * (3.0 + 0.54 * len(h.get_label())) for h in handles]
+    for rows in range(1, len(handles) + 1):
+        cols = math.ceil(len(handles) / rows)
+        if sum(sorted(widths, reverse=True)[:cols]) <= width_in:
+            return cols
+    return 1
+
+
+def footer(target: Figure | Axes, caption: str, handles: list | None = None) -> Text:
+    """The explanation under a plot: a one-line caption over a row of legend keys (one ``Legend``, the caption as its
+    title), inside the constrained layout. Returns the caption's ``Text`` (gid ``"caption"``).
+
+    Args:
+        target: a ``Figure`` built here (the footer sits in its bottom margin, under every Axes) or the caller's
+            ``Axes`` (the footer sits centred under it).
+        caption: the caption; wrapped to the target's width.
+        handles: legend keys (``Patch`` / ``Line2D`` with labels); none: the caption alone.
+    """
+    handles = list(handles or [])
+    is_fig = isinstance(target, Figure)
+    fig = target if is_fig else target.figure
+    width = fig.get_figwidth() * (1.0 if is_fig else target.get_position().width)
+    text = wrap(caption, max(width, 2.0))
+    style = dict(fontsize=CAPTION_SIZE, color=CAPTION_COLOR)
+    if handles:
+        kw = dict(
+            handles=handles,
+            ncols=_ncols(handles, 0.95 * max(width, 2.0)),
+            frameon=False,
+            fontsize=LEGEND_SIZE,
+            handlelength=1.3,
+            handleheight=1.0,
+            columnspacing=1.2,
+            title=text,
+            title_fontproperties={"size": CAPTION_SIZE},
+        )
+        if is_fig:
+            leg = target.legend(loc="outside lower center", **kw)
+        else:
+            leg = target.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), borderaxespad=0.2, **kw)
+        t = leg.get_title()
+        t.set_color(CAPTION_COLOR)
+    elif is_fig:
+        t = target.supxlabel(text, **style)
+    else:
+        t = target.annotate(
+            text,
+            xy=(0.5, 0.0),
+            xycoords="axes fraction",
+            xytext=(0, -3),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            annotation_clip=False,
+            **style,
+        )
+    t.set_gid(CAPTION_GID)
+    return t
+
+
+def caption_of(fig: Figure) -> str | None:
+    """The caption text of a figure made by viz (None if it has none)."""
+    for a in fig.findobj(Text):
+        if a.get_gid() == CAPTION_GID and a.get_text():
+            return a.get_text().replace("\n", " ")
+    return None
+
+
+def outline_handle(color: str, label: str, ls: str = "-") -> Patch:
+    return Patch(facecolor="none", edgecolor=color, linestyle=ls, linewidth=1.2, label=label)
+
+
+def swatch_handle(color: str, label: str) -> Patch:
+    return Patch(facecolor=color, edgecolor="none", label=label)
+
+
+CROP_NOTES = {
+    "crop": "; the processor cropped the image to the dashed box",
+    "pad": "; the processor padded the image to the dashed box (grey)",
+    "crop+pad": "; the processor cropped and padded the image to the dashed box",
+}
+
+
+# Axes -> the panels drawn in it, so that ``to_image`` can record where each panel landed in the rendered image
+_PANELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class TokenCanvas:
@@ -138,6 +262,8 @@ class TokenCanvas:
         self.rgb = rgb
         self.panels = _grid.panels(geom)
         self.offsets = {p.view: p.offset for p in self.panels}
+        _PANELS.setdefault(ax, []).extend(self.panels)
+        self.crop_kind: str | None = None  # "crop", "pad" or "crop+pad" once _crop_outlines drew a dashed box
         self.shapes = [_grid.canvas_scale(p, max_side) for p in self.panels]
         self.maps = [_grid.token_index_map(geom, p, s) for p, s in zip(self.panels, self.shapes)]
         self.base = [_grid.image_raster(rgb, p, s) for p, s in zip(self.panels, self.shapes)]
@@ -274,22 +400,38 @@ class TokenCanvas:
         )
 
     def _crop_outlines(self) -> None:
-        """Dashed grey rectangle around a view's token grid where it does not match the image (crop or pad)."""
+        """Dashed grey rectangle around a view's token grid where it does not match the image: the processor cropped
+        it (grid inside the image) or padded it (grid past the image)."""
         w, h = (int(x) for x in self.geom.image_size)
         b = _grid.boxes(self.geom)
+        kinds = set()
         for p in self.panels:
             if not p.tokens.size:
                 continue
             x0, y0 = b[p.tokens, 0].min(), b[p.tokens, 1].min()
             x1, y1 = b[p.tokens, 2].max(), b[p.tokens, 3].max()
+            if min(x0, y0, w - x1, h - y1) < -0.5:
+                kinds.add("pad")
+            if max(x0, y0, w - x1, h - y1) > 0.5:
+                kinds.add("crop")
             if max(abs(x0), abs(y0), abs(x1 - w), abs(y1 - h)) > 0.5:
                 rect = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) + [p.offset, 0]
                 self.ax.add_collection(
                     PolyCollection(
-                        [rect], facecolors="none", edgecolors="0.35", linewidths=0.8, linestyles="--", zorder=2
+                        [rect], facecolors="none", edgecolors=CROP_COLOR, linewidths=1.0, linestyles="--", zorder=2
                     ),
                     autolim=False,
                 )
+        self.crop_kind = "+".join(k for k in ("crop", "pad") if k in kinds) or None
+
+    def crop_handles(self) -> list:
+        """The legend entry explaining the dashed crop/pad box (empty when none was drawn)."""
+        return [outline_handle(CROP_COLOR, "what the model saw", "--")] if self.crop_kind else []
+
+    def notes(self) -> str:
+        """Caption notes on the layout: the two views of a multi-view image, the crop/pad box."""
+        out = "; left: base view, right: high-res crops" if len(self.panels) > 1 else ""
+        return out + (CROP_NOTES[self.crop_kind] if self.crop_kind else "")
 
     def contour(self, mask: np.ndarray, color: str = NEXT_COLOR) -> None:
         """Outline a boolean `(H, W)` object mask in every panel."""
@@ -324,8 +466,42 @@ def budget(sel: Selection) -> str:
     return f"kept {sel.keep} of {sel.n_tokens} tokens ({100 * sel.keep / n:.0f}%)"
 
 
+def relevance_of(result: PruneResult, sel: Selection, index: int) -> tuple[np.ndarray | None, str]:
+    """The `(N,)` relevance to show and where it comes from: ``"method"`` (``Selection.relevance``), ``"computed"``
+    (for display, from ``result.query_tokens`` and ``result.visual_tokens``) or ``"none"``."""
+    if sel.relevance is not None:
+        return as_numpy(sel.relevance), "method"
+    tokens = tokens_of(result, index, None, sel.n_tokens)
+    i = sample_of(result, index)
+    query = result.query_tokens[i] if i is not None and i < len(result.query_tokens) else None
+    if tokens is None or query is None or query.numel() == 0:
+        return None, "none"
+    aggregation = sel.params.get("aggregation", "max") if isinstance(sel.params.get("aggregation"), str) else "max"
+    raw = text_relevance(tokens, query.detach().cpu().float().reshape(-1, tokens.shape[1]), aggregation=aggregation)
+    return as_numpy(map_relevance(raw)), "computed"
+
+
+PANELS_KEY = "viz_panels"  # key in ``to_image(fig).info``: where each image panel landed in the rendered pixels
+
+
+def _panel_pixels(fig: Figure, height: int) -> tuple[dict, ...]:
+    """For each token panel drawn in ``fig``: its view, its extent in ORIGINAL image pixels and the rectangle
+    ``(left, top, right, bottom)`` it covers in the rendered image's pixels (origin top-left)."""
+    out = []
+    for ax in fig.axes:
+        for p in _PANELS.get(ax, ()):
+            left, right, bottom, top = p.data_extent
+            (x0, y0), (x1, y1) = ax.transData.transform([(left, top), (right, bottom)])
+            box = (float(min(x0, x1)), height - float(max(y0, y1)), float(max(x0, x1)), height - float(min(y0, y1)))
+            out.append({"view": p.view, "extent": p.extent, "pixels": box})
+    return tuple(out)
+
+
 def to_image(fig: Figure, *, release: bool = True) -> Image.Image:
     """Render a matplotlib ``Figure`` to a PIL RGB image with the Agg canvas (no pyplot).
+
+    The image's ``info["viz_panels"]`` records where each image panel landed, so that ``viz.token_at(...,
+    figure=img)`` can map a click on the rendered figure back to a token.
 
     Args:
         fig: the figure (any ``plot_*`` result).
@@ -338,7 +514,9 @@ def to_image(fig: Figure, *, release: bool = True) -> Image.Image:
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
-    img = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+    size = canvas.get_width_height()
+    img = Image.frombuffer("RGBA", size, canvas.buffer_rgba()).convert("RGB")
+    img.info[PANELS_KEY] = _panel_pixels(fig, size[1])
     if release:
         fig.clear()
     return img

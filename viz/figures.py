@@ -21,31 +21,36 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from resprune.relevance import map_relevance, text_relevance
 from resprune.types import PruneResult, Selection, TokenGeometry
 
 from . import _grid
 from ._canvas import (
-    DPI,
+    FOOTER_IN,
     KEPT_COLOR,
     LINESTYLES,
     LOG_FLOOR,
     NEXT_COLOR,
     OKABE_ITO,
     TITLE_SIZE,
+    TOP_BAND_IN,
     TokenCanvas,
     as_numpy,
     budget,
+    footer,
     kept_mask,
     layout_size,
     new_axes,
+    new_figure,
     newline_note,
+    outline_handle,
     panel_counts,
+    percent,
     query_words,
+    relevance_of,
     resolve,
-    sample_of,
     selection_of,
     short,
+    swatch_handle,
     tokens_of,
 )
 
@@ -64,6 +69,11 @@ def _kept_overlay(
     return canvas
 
 
+def _kept_handles(dim: float) -> list:
+    """Legend entries of a kept-token overlay: kept = outlined, pruned = dimmed."""
+    return [outline_handle(KEPT_COLOR, "kept (outlined)"), swatch_handle(str(0.6 * dim), "pruned (dimmed)")]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Kept-token overlay
 
@@ -79,6 +89,7 @@ def plot_kept_tokens(
     figsize: tuple[float, float] | None = None,
     dim: float = 0.3,
     max_side: int = 640,
+    explain: bool = True,
 ) -> Figure:
     """The image with pruned tokens dimmed and kept tokens outlined, aligned with each token's pixel box.
 
@@ -94,6 +105,7 @@ def plot_kept_tokens(
         figsize: ``(width, height)`` in inches of a new figure (default: 5 in wide, height from the image).
         dim: brightness factor of pruned regions, in ``[0, 1]``.
         max_side: resolution of the drawn rasters (pixels on the longer side of a panel).
+        explain: a legend (kept / pruned / the dashed crop box) and a one-line caption under the image.
 
     Returns:
         The ``Figure``.
@@ -107,9 +119,14 @@ def plot_kept_tokens(
         lines.append(note)
     if answer is not None:
         lines.append(f"answer: {short(answer)}")
-    fig, ax = new_axes(ax, figsize, layout_size(geom, len(lines)))
-    _kept_overlay(ax, image, sel, geom, order_numbers=order_numbers, dim=dim, max_side=max_side)
+    own = ax is None
+    fig, ax = new_axes(ax, figsize, layout_size(geom, len(lines), footer_in=FOOTER_IN * explain))
+    canvas = _kept_overlay(ax, image, sel, geom, order_numbers=order_numbers, dim=dim, max_side=max_side)
     ax.set_title("\n".join(lines), fontsize=TITLE_SIZE)
+    if explain:
+        text = f"One box per visual token; outlined: kept by {sel.method}, dimmed: pruned"
+        text += "; numbers: pick order" if order_numbers and sel.keep else ""
+        footer(fig if own else ax, text + canvas.notes() + ".", _kept_handles(dim) + canvas.crop_handles())
     return fig
 
 
@@ -133,6 +150,7 @@ def plot_residual_energy(
     figsize: tuple[float, float] | None = None,
     tokens: torch.Tensor | None = None,
     logy: bool = False,
+    explain: bool = True,
 ) -> Figure:
     """Normalised residual energy of all tokens vs the number kept, and the energy gained at each pick.
 
@@ -150,6 +168,7 @@ def plot_residual_energy(
         figsize: size of a new figure in inches (default ``(9, 3.6)``).
         tokens: `(N, D)` token vectors to normalise ``energy`` by (default ``result.visual_tokens[index]``).
         logy: logarithmic y axes (values below ``1e-4``, exact zeros included, are drawn at ``1e-4``).
+        explain: a one-line caption saying what the curves measure.
 
     Returns:
         The ``Figure``.
@@ -162,7 +181,7 @@ def plot_residual_energy(
     total = _total_energy(tokens_of(result, index, tokens, n))
 
     if ax is None:
-        fig = Figure(figsize=figsize or (9.0, 3.6), dpi=DPI, layout="constrained")
+        fig = new_figure(figsize or (9.0, 3.6 + TOP_BAND_IN + FOOTER_IN * explain))
         ax_curve, ax_gain = fig.subplots(1, 2)
     elif isinstance(ax, Axes):
         fig, ax_curve, ax_gain = ax.figure, ax, None
@@ -178,9 +197,10 @@ def plot_residual_energy(
         color, ls = OKABE_ITO[j % len(OKABE_ITO)], LINESTYLES[(j // len(OKABE_ITO)) % len(LINESTYLES)]
         r = as_numpy(s.residual)
         x = np.arange(r.size)
+        label = f"{name}: {percent(float(r[-1]))} left at K = {s.keep}"
         if logy:
             r = np.maximum(r, LOG_FLOOR)
-        ax_curve.plot(x, r, color=color, ls=ls, lw=1.6, label=f"{name} (K={s.keep}: {r[-1]:.2f})")
+        ax_curve.plot(x, r, color=color, ls=ls, lw=1.6, label=label)
         ax_curve.plot([x[-1]], [r[-1]], marker="o", color=color, ms=6, ls="none")
     ax_curve.set_xlim(0, kmax * 1.02)
     if logy:
@@ -196,6 +216,14 @@ def plot_residual_energy(
 
     if ax_gain is not None:
         _plot_gains(ax_gain, entries, total, logy)
+    if explain:
+        text = (
+            "Residual energy: the share of all N tokens' energy ||v||² outside the span of the first t kept tokens "
+            "(lower: the kept tokens explain more of the image)"
+        )
+        if ax_gain is not None:
+            text += "; right: how much each pick removed"
+        footer(fig if ax is None else ax_curve, text + ".")
     return fig
 
 
@@ -244,20 +272,6 @@ def _plot_gains(ax: Axes, entries: list[tuple[str, Selection]], total: float | N
 # Text relevance
 
 
-def _relevance(result: PruneResult, sel: Selection, index: int) -> tuple[np.ndarray | None, str]:
-    """The relevance to draw and where it comes from: ``"method"``, ``"computed"`` or ``"none"``."""
-    if sel.relevance is not None:
-        return as_numpy(sel.relevance), "method"
-    tokens = tokens_of(result, index, None, sel.n_tokens)
-    i = sample_of(result, index)
-    query = result.query_tokens[i] if i is not None and i < len(result.query_tokens) else None
-    if tokens is None or query is None or query.numel() == 0:
-        return None, "none"
-    aggregation = sel.params.get("aggregation", "max") if isinstance(sel.params.get("aggregation"), str) else "max"
-    raw = text_relevance(tokens, query.detach().cpu().float().reshape(-1, tokens.shape[1]), aggregation=aggregation)
-    return as_numpy(map_relevance(raw)), "computed"
-
-
 def plot_relevance(
     image: object,
     result: PruneResult,
@@ -269,6 +283,7 @@ def plot_relevance(
     alpha: float = 0.65,
     show_kept: bool = True,
     max_side: int = 640,
+    explain: bool = True,
 ) -> Figure:
     """``Selection.relevance`` of every token as a heat map over the image, with the words that produced it.
 
@@ -286,12 +301,13 @@ def plot_relevance(
         alpha: opacity of the heat map.
         show_kept: outline the kept tokens.
         max_side: raster resolution (pixels on the longer side of a panel).
+        explain: a legend and a one-line caption under the image.
 
     Returns:
         The ``Figure``.
     """
     sel, geom = resolve(result, index)
-    rel, source = _relevance(result, sel, index)
+    rel, source = relevance_of(result, sel, index)
     words = query_words(result, index)
     lines = [f"text relevance ({sel.method})"]
     lines.append("words: " + (short(", ".join(words), 55) if words else "(none)"))
@@ -300,8 +316,11 @@ def plot_relevance(
     note = newline_note(sel, geom)
     if note:
         lines.append(note)
-    fig, ax = new_axes(ax, figsize, layout_size(geom, len(lines), colorbar=rel is not None))
+    own = ax is None
+    size = layout_size(geom, len(lines), colorbar=rel is not None, footer_in=FOOTER_IN * explain)
+    fig, ax = new_axes(ax, figsize, size)
     canvas = TokenCanvas(ax, image, geom, max_side=max_side)
+    handles = []
     if rel is None:
         canvas.show_image(None)
         ax.text(
@@ -320,9 +339,16 @@ def plot_relevance(
         im = canvas.show_values(rel, cmap=cmap, norm=Normalize(0.0, 1.0), alpha=alpha)
         if show_kept and sel.keep:
             canvas.outline(sel.keep_idx.cpu().numpy(), NEXT_COLOR, lw=0.6 * canvas.line_width())
+            handles.append(outline_handle(NEXT_COLOR, f"kept by {sel.method}"))
         cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02)
-        cb.set_label("text relevance r (mapped to [0, 1])", fontsize=9)
+        cb.set_label("text relevance r (0 = least, 1 = most relevant)", fontsize=9)
     ax.set_title("\n".join(lines), fontsize=TITLE_SIZE)
+    if explain:
+        if rel is None:
+            text = "Text relevance needs the query words' embeddings (result.query_tokens) and the visual tokens"
+        else:
+            text = "Colour: each token's cosine similarity to the closest query word, min-max scaled per image"
+        footer(fig if own else ax, text + canvas.notes() + ".", handles + canvas.crop_handles())
     return fig
 
 
@@ -343,6 +369,7 @@ def plot_method_grid(
     figsize: tuple[float, float] | None = None,
     dim: float = 0.3,
     max_side: int = 480,
+    explain: bool = True,
 ) -> Figure:
     """Kept-token overlays of several methods side by side, each titled with its answer and relevant-token recall.
 
@@ -360,6 +387,7 @@ def plot_method_grid(
         figsize: figure size in inches.
         dim: brightness factor of pruned regions.
         max_side: raster resolution of each overlay.
+        explain: a legend (kept, pruned, the objects' outline) and a one-line caption under the grid.
 
     Returns:
         The ``Figure``.
@@ -383,14 +411,18 @@ def plot_method_grid(
     lines = 1 + has_answer + bool(recall)
     if figsize is None:
         w1, h1 = layout_size(next(iter(sels.values()))[1], lines, width=3.0)
-        figsize = (w1 * ncols, h1 * nrows + 0.4)
-    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+        figsize = (w1 * ncols, (h1 - TOP_BAND_IN) * nrows + 0.4 + TOP_BAND_IN + FOOTER_IN * explain)
+    fig = new_figure(figsize)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    crop_handles: list = []
+    crop_note = ""
     for ax, name in zip(axes, names):
         sel, geom = sels[name]
         canvas = _kept_overlay(ax, image, sel, geom, order_numbers=False, dim=dim, max_side=max_side)
         if objects_mask is not None:
             canvas.contour(objects_mask)
+        crop_handles = crop_handles or canvas.crop_handles()
+        crop_note = crop_note or canvas.notes()
         title = [name if len(ks) == 1 else f"{name} (K = {sel.keep})"]
         if has_answer:
             title.append(f"answer: {short(answers.get(name, '—'), 28)}")
@@ -400,8 +432,15 @@ def plot_method_grid(
         ax.set_title("\n".join(title), fontsize=9)
     for ax in axes[n:]:
         ax.set_axis_off()
-    head = f"kept {ks.pop()} of {ns.pop()} tokens" if len(ks) == 1 and len(ns) == 1 else "kept tokens"
-    if objects_mask is not None:
-        head += " · blue outline: objects asked about"
-    fig.suptitle(head, fontsize=TITLE_SIZE)
+    # no suptitle: constrained layout would put it in the blank top band; the budget goes into the caption
+    budget_note = f" ({ks.pop()} of {ns.pop()})" if len(ks) == 1 and len(ns) == 1 else ""
+    if explain:
+        handles = _kept_handles(dim)
+        if objects_mask is not None:
+            handles.append(outline_handle(NEXT_COLOR, "objects the question is about"))
+        text = f"Each panel: the tokens one method kept{budget_note} outlined, the pruned ones dimmed"
+        text += crop_note
+        if recall:
+            text += "; recall: the share of the tokens covering the objects asked about that the method kept"
+        footer(fig, text + ".", handles + crop_handles)
     return fig

@@ -17,14 +17,18 @@ from resprune.types import PruneResult, Selection, TokenGeometry
 
 from ._canvas import (
     DPI,
+    FOOTER_IN,
     LOG_FLOOR,
     NEXT_COLOR,
     PICK_COLOR,
     TITLE_SIZE,
     TokenCanvas,
     as_numpy,
+    footer,
     layout_size,
     new_axes,
+    new_figure,
+    outline_handle,
     percent,
     resolve,
     to_image,
@@ -48,6 +52,8 @@ class _GreedyView:
         order_numbers: bool,
         colorbar: bool = True,
         log: bool = True,
+        explain: bool = True,
+        own_figure: bool = True,
     ) -> None:
         self.sel, self.geom, self.ax = sel, geom, ax
         self.order = sel.order.detach().cpu().numpy().astype(np.int64)
@@ -63,14 +69,42 @@ class _GreedyView:
             im = self.canvas.show_values(np.full(geom.n_tokens, np.nan), cmap=cmap, norm=norm, alpha=0.7)
             if colorbar:
                 cb = ax.figure.colorbar(im, ax=ax, shrink=0.85, pad=0.02)
-                cb.set_label("residual energy / max ‖v‖²" + (" (log)" if log else ""), fontsize=9)
+                cb.set_label("energy left / largest ‖v‖²" + (" (log)" if log else ""), fontsize=9)
         self.picks = self.canvas.outline(np.zeros(0, dtype=np.int64), PICK_COLOR)
         self.next = self.canvas.outline(
             np.zeros(0, dtype=np.int64), NEXT_COLOR, ls="--", lw=1.5 * self.canvas.line_width(), zorder=3.5
         )
         self.order_numbers = order_numbers
         self.texts: dict[int, object] = {}
+        # the token the title names as the next pick carries its index, so the reader can find it
+        self.next_label = ax.text(
+            0,
+            0,
+            "",
+            ha="center",
+            va="center",
+            color=NEXT_COLOR,
+            fontsize=self.canvas.number_size(),
+            fontweight="bold",
+            zorder=4.5,
+            visible=False,
+            bbox=dict(boxstyle="round,pad=0.08", facecolor="black", alpha=0.6, linewidth=0),
+        )
+        self.next_label.set_gid("next-pick")
         self.title = ax.set_title("", fontsize=TITLE_SIZE)
+        if explain:
+            numbers = " (number: pick order)" if order_numbers else ""
+            handles = [
+                outline_handle(PICK_COLOR, f"picked so far{numbers}"),
+                outline_handle(NEXT_COLOR, "next pick (#: its token index)", "--"),
+            ]
+            if tokens is None:
+                text = "Pass tokens= (the (N, D) visual tokens) to colour the unpicked tokens by residual energy"
+            else:
+                text = "Colour: the energy each unpicked token has left outside the span of the picks so far"
+            footer(
+                ax.figure if own_figure else ax, text + self.canvas.notes() + ".", handles + self.canvas.crop_handles()
+            )
 
     @property
     def _dim(self) -> float:
@@ -99,7 +133,12 @@ class _GreedyView:
             left = f"residual energy left: {percent(res[t])}"
         else:
             left = ""
-        nxt = f"next pick: token {int(self.order[t])}" if t < k else "all picks made"
+        nxt = f"next pick: token #{int(self.order[t])}" if t < k else "all picks made"
+        centre = self.canvas.centre(int(self.order[t])) if t < k else None
+        self.next_label.set_visible(centre is not None)
+        if centre is not None:
+            self.next_label.set_position(centre)
+            self.next_label.set_text(f"#{int(self.order[t])}")
         second = " · ".join(x for x in (left, nxt) if x)
         if self.tokens is None:
             second += "\n(no token vectors: pass tokens= for the heat map)"
@@ -119,6 +158,7 @@ def plot_greedy_step(
     order_numbers: bool = True,
     log: bool = True,
     max_side: int = 640,
+    explain: bool = True,
 ) -> Figure:
     """The selection after its first ``step`` picks (``Selection.order[:step]``), over the residual energy of the rest.
 
@@ -139,6 +179,7 @@ def plot_greedy_step(
         log: logarithmic colour scale (residual energies shrink by orders of magnitude within a few picks);
             tokens below ``1e-4`` of the largest energy, spanned ones included, get the lowest colour.
         max_side: raster resolution.
+        explain: a legend (picks, the next pick) and a one-line caption under the image.
 
     Returns:
         The ``Figure``.
@@ -149,8 +190,22 @@ def plot_greedy_step(
         raise ValueError(f"step must be an int in [0, K={k}], got {step!r}")
     step = int(step)
     vecs = tokens_of(result, index, tokens, sel.n_tokens)
-    fig, ax = new_axes(ax, figsize, layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None))
-    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers, log=log)
+    size = layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None, footer_in=FOOTER_IN * explain)
+    own = ax is None
+    fig, ax = new_axes(ax, figsize, size)
+    view = _GreedyView(
+        ax,
+        image,
+        sel,
+        geom,
+        vecs,
+        cmap=cmap,
+        max_side=max_side,
+        order_numbers=order_numbers,
+        log=log,
+        explain=explain,
+        own_figure=own,
+    )
     energy = None
     if vecs is not None:
         energy = residual_energies(vecs, sel.order.cpu()[:step], steps=[step])[0].numpy()
@@ -173,6 +228,7 @@ def greedy_animation(
     log: bool = True,
     max_side: int = 480,
     colors: int = 255,
+    explain: bool = True,
 ) -> bytes:
     """An animated GIF of the greedy selection: one frame per pick (t = 1..K), as ``plot_greedy_step`` draws it.
 
@@ -190,6 +246,7 @@ def greedy_animation(
         log: logarithmic colour scale (see ``plot_greedy_step``).
         max_side: raster resolution.
         colors: palette size of each frame (2..256; fewer make a smaller file).
+        explain: the legend and caption of ``plot_greedy_step`` on every frame.
 
     Returns:
         The GIF file's bytes (a single frame at t = 0 when K = 0).
@@ -208,13 +265,12 @@ def greedy_animation(
     energies = None
     if vecs is not None:
         energies = residual_energies(vecs, sel.order.cpu(), steps=steps).numpy()  # (frames, N)
-    fig = Figure(
-        figsize=figsize or layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None),
-        dpi=dpi,
-        layout="constrained",
-    )
+    size = layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None, footer_in=FOOTER_IN * explain)
+    fig = new_figure(figsize or size, dpi=dpi)
     ax = fig.add_subplot()
-    view = _GreedyView(ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers, log=log)
+    view = _GreedyView(
+        ax, image, sel, geom, vecs, cmap=cmap, max_side=max_side, order_numbers=order_numbers, log=log, explain=explain
+    )
     frames = []
     for j, t in enumerate(steps):
         view.update(t, None if energies is None else energies[j])
