@@ -635,3 +635,231 @@ def test_every_figure_on_real_results(real_results, name):
         _render(fig)
     gif = viz.greedy_animation(image, res)
     assert Image.open(io.BytesIO(gif)).n_frames == res.selections[0].keep  # one frame per pick
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures that explain themselves: legends, captions, colour-bar units, a blank top band, named tokens drawn
+
+
+def _legend_texts(fig: Figure) -> list[str]:
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    return [t.get_text() for leg in legends for t in leg.get_texts()]
+
+
+def _caption(fig: Figure) -> str | None:
+    from viz import _canvas
+
+    return _canvas.caption_of(fig)
+
+
+@pytest.mark.parametrize("name", ["llava", "next", "qwen"])
+def test_every_figure_has_a_caption_and_explain_false_removes_it(name):
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, 5)
+    image = image_for(geom)
+    for key, fig in _all_figures(image, res).items():
+        cap = _caption(fig)
+        assert cap and len(cap) > 30, key
+    other = make_result(geom, 5, "divprune", seed=1)
+    bare = [
+        viz.plot_kept_tokens(image, res, explain=False),
+        viz.plot_residual_energy(res, {"d": other}, explain=False),
+        viz.plot_relevance(image, res, explain=False),
+        viz.plot_greedy_step(image, res, 2, explain=False),
+        viz.plot_method_grid(image, {"a": res, "b": other}, explain=False),
+    ]
+    for j, fig in enumerate(bare):
+        assert _caption(fig) is None
+        assert j == 1 or _legend_texts(fig) == []  # the residual curves keep their per-method legends
+
+
+def test_kept_overlay_legend_and_caption_say_outlined_is_kept_and_dimmed_is_pruned():
+    geom = llava_geometry()
+    fig = viz.plot_kept_tokens(image_for(geom), make_result(geom, 4), order_numbers=True)
+    assert _legend_texts(fig) == ["kept (outlined)", "pruned (dimmed)"]  # no crop box: no crop entry
+    cap = _caption(fig)
+    assert "outlined: kept by resprune" in cap and "dimmed: pruned" in cap and "pick order" in cap
+    fig = viz.plot_kept_tokens(image_for(geom), make_result(geom, 4))
+    assert "pick order" not in _caption(fig)  # no numbers drawn, none explained
+
+
+@pytest.mark.parametrize("name,word", [("llava_crop", "cropped"), ("llava_pad", "padded")])
+def test_dashed_crop_box_is_explained_in_legend_and_caption(name, word):
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, 4)
+    image = image_for(geom)
+    for fig in (
+        viz.plot_kept_tokens(image, res),
+        viz.plot_relevance(image, res),
+        viz.plot_greedy_step(image, res, 2),
+        viz.plot_method_grid(image, {"a": res}),
+    ):
+        assert "what the model saw" in _legend_texts(fig)
+        assert f"the processor {word} the image to the dashed box" in _caption(fig)
+        dashed = [
+            c for c in fig.axes[0].collections if c.get_linestyle()[0][1] is not None and len(c.get_paths()) == 1
+        ]
+        assert dashed, "the dashed box is drawn"
+
+
+def test_multi_view_caption_names_the_panels():
+    geom = next_geometry()
+    cap = _caption(viz.plot_kept_tokens(image_for(geom), make_result(geom, 5)))
+    assert "left: base view, right: high-res crops" in cap
+
+
+def test_colour_bars_state_their_scale():
+    geom = llava_geometry()
+    res = make_result(geom, 5)
+    rel = viz.plot_relevance(image_for(geom), res)
+    assert "0 = least, 1 = most relevant" in rel.axes[1].get_ylabel()
+    assert "cosine similarity" in _caption(rel) and _legend_texts(rel) == ["kept by resprune"]
+    step = viz.plot_greedy_step(image_for(geom), res, 2)
+    assert "largest ‖v‖²" in step.axes[1].get_ylabel() and "(log)" in step.axes[1].get_ylabel()
+    assert "energy each unpicked token has left" in _caption(step)
+    assert _legend_texts(step) == ["picked so far (number: pick order)", "next pick (#: its token index)"]
+
+
+def test_method_grid_legend_names_the_objects_outline():
+    geom = llava_geometry()
+    mask = np.zeros((80, 120), dtype=bool)
+    mask[20:60, 40:80] = True
+    fig = viz.plot_method_grid(image_for(geom), {"a": make_result(geom, 6)}, objects_mask=mask)
+    assert _legend_texts(fig) == ["kept (outlined)", "pruned (dimmed)", "objects the question is about"]
+    assert "(6 of 24)" in _caption(fig) and "recall:" in _caption(fig)
+
+
+@pytest.mark.parametrize("name", ["llava", "next", "qwen"])
+def test_top_band_is_blank_so_an_image_label_covers_no_title(name):
+    """gradio draws an image's label over its top-left corner: every new figure keeps a blank band at the top."""
+    from viz import _canvas
+
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, 5)
+    for key, fig in _all_figures(image_for(geom), res).items():
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        band = int(_canvas.TOP_BAND_IN * fig.dpi) - 1
+        px = np.asarray(canvas.buffer_rgba())[..., :3]
+        assert (px[:band, : px.shape[1] // 2] == 255).all(), f"{key}: something drawn in the top band's left half"
+        h = px.shape[0]
+        for ax in fig.axes:
+            title = ax.title
+            if title.get_text():
+                top = h - title.get_window_extent(canvas.get_renderer()).y1  # pixels from the top
+                assert top >= band, f"{key}: title reaches into the top band"
+
+
+@pytest.mark.parametrize("name", ["llava", "next", "qwen"])
+def test_greedy_step_draws_the_index_its_title_names_on_that_patch(name):
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, 6)
+    sel = res.selections[0]
+    for t in (0, 3):
+        nxt = int(sel.order[t])
+        ax = viz.plot_greedy_step(image_for(geom), res, t).axes[0]
+        assert f"next pick: token #{nxt}" in ax.get_title()
+        (label,) = [x for x in ax.texts if x.get_text().startswith("#")]
+        assert label.get_text() == f"#{nxt}" and label.get_visible()
+        offsets = {p.view: p.offset for p in _grid.panels(geom)}
+        x0, y0, x1, y1 = _grid.boxes(geom)[nxt]
+        dx = offsets[int(geom.view[nxt])]
+        assert label.get_position() == pytest.approx(((x0 + x1) / 2 + dx, (y0 + y1) / 2))
+    ax = viz.plot_greedy_step(image_for(geom), res, 6).axes[0]  # all picks made: no next pick to label
+    assert "all picks made" in ax.get_title()
+    assert not any(x.get_visible() and x.get_text().startswith("#") for x in ax.texts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# token_at: the token under a pixel, and its facts
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen", "llava_pad"])
+def test_token_at_box_centres_and_outside(name):
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, 6)
+    sel = res.selections[0]
+    b = _grid.boxes(geom)
+    order = sel.order.tolist()
+    for i in range(geom.n_tokens):
+        cx, cy = (b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2
+        info = viz.token_at(res, int(cx), int(cy))  # the pixel holding the centre
+        assert info["index"] == i and info["row"] == int(geom.row[i]) and info["col"] == int(geom.col[i])
+        assert info["box"] == pytest.approx(tuple(b[i]))
+        assert info["kept"] == (i in sel.keep_idx.tolist())
+        assert info["pick"] == (order.index(i) + 1 if i in order else None)
+        assert info["relevance"] == pytest.approx(float(sel.relevance[i]))
+    w, h = geom.image_size
+    x1, y1 = b[:, 2].max(), b[:, 3].max()
+    assert viz.token_at(res, x1 + 1, 5) is None and viz.token_at(res, 5, y1 + 1) is None
+    assert viz.token_at(res, b[:, 0].min() - 2, 5) is None
+
+
+def test_token_at_energies():
+    geom = llava_geometry()
+    res = make_result(geom, 6)
+    sel = res.selections[0]
+    tokens = res.visual_tokens[0]
+    b = _grid.boxes(geom)
+    first, third = int(sel.order[0]), int(sel.order[2])
+    info = viz.token_at(res, b[third, 0] + 1, b[third, 1] + 1)
+    assert info["pick"] == 3 and info["energy_at_pick"] == pytest.approx(float(sel.energy[2]), rel=1e-5)
+    assert info["energy_left"] == 0.0
+    assert viz.token_at(res, b[first, 0], b[first, 1])["energy_at_pick"] == pytest.approx(
+        float(tokens[first].pow(2).sum()), rel=1e-5
+    )  # the first pick's residual is the whole token
+    pruned = next(i for i in range(24) if i not in sel.keep_idx.tolist())
+    info = viz.token_at(res, b[pruned, 0] + 1, b[pruned, 1] + 1)
+    e = viz.residual_energies(tokens, sel.order, steps=[6])[0, pruned] / tokens[pruned].double().pow(2).sum()
+    assert info["pick"] is None and info["energy_at_pick"] is None
+    assert info["energy_left"] == pytest.approx(float(e))
+    bare = make_result(geom, 6, with_tokens=False)
+    info = viz.token_at(bare, b[pruned, 0] + 1, b[pruned, 1] + 1)
+    assert info["energy_left"] is None and info["relevance"] is not None  # resprune recorded its relevance
+    free = make_result(geom, 6, "divprune", with_tokens=False, with_query=False)  # records neither
+    info = viz.token_at(free, b[first, 0] + 1, b[first, 1] + 1)
+    assert info["relevance"] is None and info["energy_left"] is None
+
+
+def test_token_at_multi_view_prefers_the_finer_token_unless_a_view_is_named():
+    geom = next_geometry()
+    res = make_result(geom, 5)
+    info = viz.token_at(res, 40, 25)  # base cell (1, 1): 30..60 x 20..40; hi-res cell (1, 2): 30..45 x 15..30
+    assert info["view"] == "high-res crops" and (info["row"], info["col"]) == (1, 2)
+    base = viz.token_at(res, 40, 25, view=VIEW_BASE)
+    assert base["view"] == "base view" and (base["row"], base["col"]) == (1, 1) and base["index"] == 4
+
+
+def test_token_at_on_a_rendered_figure_maps_the_highlighted_box_back_to_its_token():
+    """Independent of the recorded panel map: find the one kept box (full-brightness grey 220, the rest dimmed, the
+    figure's background white) in the rendered pixels and click its centre."""
+    geom = llava_geometry()
+    grey = Image.new("RGB", geom.image_size, (220, 220, 220))
+    for i in (0, 9, 23):
+        one = _one_token(make_result(geom, 1), i)
+        img = viz.to_image(viz.plot_kept_tokens(grey, one))
+        px = np.asarray(img).astype(float)
+        ys, xs = np.nonzero((np.abs(px - 220) < 8).all(-1))
+        assert ys.size > 100
+        info = viz.token_at(one, int(np.median(xs)), int(np.median(ys)), figure=img)
+        assert info is not None and info["index"] == i and info["kept"] and info["pick"] == 1
+        assert viz.token_at(one, 1, 1, figure=img) is None  # the white margin: no panel
+
+
+def test_token_at_bad_input():
+    geom = llava_geometry()
+    res = make_result(geom, 3)
+    with pytest.raises(TypeError, match="x must be a number"):
+        viz.token_at(res, "3", 4)
+    with pytest.raises(TypeError, match="y must be a number"):
+        viz.token_at(res, 3, True)
+    with pytest.raises(ValueError, match="y must be finite"):
+        viz.token_at(res, 3, float("nan"))
+    with pytest.raises(ValueError, match="view must be one of"):
+        viz.token_at(res, 3, 4, view=VIEW_HIRES)
+    with pytest.raises(ValueError, match="figure has no token panels"):
+        viz.token_at(res, 3, 4, figure=Image.new("RGB", (10, 10)))
+    with pytest.raises(TypeError, match="figure must be the PIL image"):
+        viz.token_at(res, 3, 4, figure=np.zeros((4, 4)))
+    with pytest.raises(IndexError, match="index=2"):
+        viz.token_at(res, 3, 4, index=2)

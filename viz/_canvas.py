@@ -41,7 +41,7 @@ TOP_BAND_IN = 0.35  # blank band at the top of a new figure: an app's image labe
 LEGEND_SIZE = 8
 CAPTION_SIZE = 8
 CAPTION_COLOR = "0.25"
-FOOTER_IN = 0.55  # height of a footer: a caption of up to two lines over one row of legend keys
+FOOTER_IN = 0.7  # height of a footer: a caption of up to two lines over one row of legend keys
 CAPTION_GID = "caption"  # gid of every figure's caption artist (tests and callers find it by this)
 CROP_COLOR = "0.35"  # dashed box: the part of the image the processor kept (crop) or padded
 
@@ -131,13 +131,14 @@ def layout_size(
     w = ps[-1].extent[2] + ps[-1].offset - (ps[0].extent[0] + ps[0].offset)
     h = max(p.height for p in ps) * (1.1 if len(ps) > 1 else 1.0)
     plot_w = width - (0.9 if colorbar else 0.1)
-    height = plot_w * h / w + 0.2 * title_lines + footer_in + 0.15
+    height = plot_w * h / w + 0.21 * title_lines + footer_in + 0.2
     return (width, float(np.clip(height, 2.6 if colorbar else 1.6, 9.0)) + TOP_BAND_IN)
 
 
 def top_band(fig: Figure) -> float:
     """The height of the blank top band as a share of the figure's height."""
-    return min(TOP_BAND_IN / max(fig.get_figheight(), 1e-6), 0.3)
+    # + 0.08 in: constrained layout lets a title's ascenders rise a few pixels above the layout rectangle
+    return min((TOP_BAND_IN + 0.08) / max(fig.get_figheight(), 1e-6), 0.3)
 
 
 def new_figure(figsize: tuple[float, float], dpi: int = DPI) -> Figure:
