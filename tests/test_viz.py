@@ -696,9 +696,7 @@ def test_dashed_crop_box_is_explained_in_legend_and_caption(name, word):
     ):
         assert "what the model saw" in _legend_texts(fig)
         assert f"the processor {word} the image to the dashed box" in _caption(fig)
-        dashed = [
-            c for c in fig.axes[0].collections if c.get_linestyle()[0][1] is not None and len(c.get_paths()) == 1
-        ]
+        dashed = [c for c in fig.axes[0].collections if c.get_linestyle()[0][1] is not None and len(c.get_paths()) == 1]
         assert dashed, "the dashed box is drawn"
 
 
