@@ -160,7 +160,7 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float] | None, default: tupl
 
 def wrap(text: str, width_in: float, size: float = CAPTION_SIZE) -> str:
     """``text`` wrapped to lines that fit ``width_in`` inches at font size ``size``."""
-    chars = max(20, int(width_in * 72 / (0.52 * size)))
+    chars = max(20, int(width_in * 72 / (0.56 * size)))
     return "\n".join(textwrap.wrap(" ".join(text.split()), chars)) or text
 
 

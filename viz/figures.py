@@ -124,7 +124,7 @@ def plot_kept_tokens(
     canvas = _kept_overlay(ax, image, sel, geom, order_numbers=order_numbers, dim=dim, max_side=max_side)
     ax.set_title("\n".join(lines), fontsize=TITLE_SIZE)
     if explain:
-        text = f"One box per visual token; outlined: kept by {sel.method}, dimmed: pruned"
+        text = f"One box per token; outlined: kept by {sel.method}, dimmed: pruned"
         text += "; numbers: pick order" if order_numbers and sel.keep else ""
         footer(fig if own else ax, text + canvas.notes() + ".", _kept_handles(dim) + canvas.crop_handles())
     return fig
@@ -218,7 +218,7 @@ def plot_residual_energy(
         _plot_gains(ax_gain, entries, total, logy)
     if explain:
         text = (
-            "Residual energy: the share of all N tokens' energy ||v||² outside the span of the first t kept tokens "
+            "Residual energy: the share of all N tokens' energy ‖v‖² outside the span of the first t kept tokens "
             "(lower: the kept tokens explain more of the image)"
         )
         if ax_gain is not None:
@@ -347,7 +347,7 @@ def plot_relevance(
         if rel is None:
             text = "Text relevance needs the query words' embeddings (result.query_tokens) and the visual tokens"
         else:
-            text = "Colour: each token's cosine similarity to the closest query word, min-max scaled per image"
+            text = "Colour: cosine similarity of each token to the nearest query word (min-max per image)"
         footer(fig if own else ax, text + canvas.notes() + ".", handles + canvas.crop_handles())
     return fig
 
