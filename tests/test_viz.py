@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import matplotlib.text
 import numpy as np
 import pytest
 import torch
@@ -671,6 +672,28 @@ def test_every_figure_has_a_caption_and_explain_false_removes_it(name):
     for j, fig in enumerate(bare):
         assert _caption(fig) is None
         assert j == 1 or _legend_texts(fig) == []  # the residual curves keep their per-method legends
+
+
+def test_caption_in_a_given_axes_sits_under_it_and_its_x_label():
+    geom = llava_geometry()
+    res = make_result(geom, 5)
+    fig = Figure(figsize=(8, 6))
+    a, b = fig.subplots(1, 2)
+    viz.plot_residual_energy(res, ax=a)
+    viz.plot_kept_tokens(image_for(geom), res, ax=b)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    r = canvas.get_renderer()
+    caps = [t for t in fig.findobj(matplotlib.text.Text) if t.get_gid() == "caption"]
+    assert len(caps) == 2
+    cap_a = next(t for t in caps if "Residual energy" in t.get_text())
+    assert cap_a.get_window_extent(r).y1 <= a.xaxis.label.get_window_extent(r).y0 + 1  # under the x label
+    cap_b = next(t for t in caps if "One box per token" in t.get_text())
+    assert cap_b.get_window_extent(r).y1 <= b.get_window_extent(r).y0 + 1  # under the image
+    assert b.get_legend() is not None and [t.get_text() for t in b.get_legend().get_texts()] == [
+        "kept (outlined)",
+        "pruned (dimmed)",
+    ]
 
 
 def test_kept_overlay_legend_and_caption_say_outlined_is_kept_and_dimmed_is_pruned():

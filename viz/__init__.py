@@ -15,6 +15,9 @@ corner) covers no title.
 >>> img = viz.to_image(viz.plot_kept_tokens(image, result, answer="red"))  # doctest: +SKIP
 >>> fig = viz.plot_residual_energy(result, {"divprune": other})             # doctest: +SKIP
 >>> gif = viz.greedy_animation(image, result)                               # doctest: +SKIP
+>>> viz.token_at(result, 40, 25)   # the token under pixel (x=40, y=25) of the ORIGINAL image  # doctest: +SKIP
+{'index': 14, 'view': 'base view', 'row': 1, 'col': 2, 'box': (...), 'kept': True, 'pick': 3, ...}
+>>> viz.token_at(result, 260, 180, figure=img)   # ... or of the rendered figure ``img``  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -212,10 +212,12 @@ def footer(target: Figure | Axes, caption: str, handles: list | None = None) -> 
     elif is_fig:
         t = target.supxlabel(text, **style)
     else:
+        label = target.xaxis.label  # under the x label of a plot with axes, else right under the Axes
+        below = label if target.axison and label.get_visible() and label.get_text() else "axes fraction"
         t = target.annotate(
             text,
             xy=(0.5, 0.0),
-            xycoords="axes fraction",
+            xycoords=below,
             xytext=(0, -3),
             textcoords="offset points",
             ha="center",
