@@ -884,3 +884,21 @@ def test_token_at_bad_input():
         viz.token_at(res, 3, 4, figure=np.zeros((4, 4)))
     with pytest.raises(IndexError, match="index=2"):
         viz.token_at(res, 3, 4, index=2)
+
+
+@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl"])
+def test_token_at_on_real_geometry(real_results, name):
+    image, res = real_results[name]
+    geom = res.geometry[0]
+    b = _grid.boxes(geom)
+    ok = _grid.drawable(geom)
+    views = geom.view.numpy()
+    for i in np.flatnonzero(ok)[::5]:
+        cx, cy = (b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2
+        if not (0 <= cx < image.size[0] and 0 <= cy < image.size[1]):
+            continue  # a padding token: no pixel of the original image
+        info = viz.token_at(res, int(cx), int(cy), view=int(views[i]))
+        assert info["index"] == i
+        finest = viz.token_at(res, int(cx), int(cy))
+        assert finest["view"] == ("high-res crops" if name == "llava_next" else "base view")
+    assert viz.token_at(res, image.size[0] + 5, 0) is None
