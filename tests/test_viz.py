@@ -1,6 +1,9 @@
-"""viz: figures from hand-built PruneResults (LLaVA-like 4x6 grid, LLaVA-NeXT-like views, Qwen-like odd grid).
+"""viz: geometry (``_grid``), the drawing machinery and ``to_image`` (``_canvas``) and the figures (``figures``),
+from hand-built PruneResults (LLaVA-like 4x6 grid, cropped / padded variants, LLaVA-NeXT-like views, Qwen-like odd
+grid) and from tiny real models. The hand-built cases here are shared by ``test_viz_greedy`` and ``test_viz_probe``.
 
-Checks invariants, not pixels, except for one rendered overlay whose kept box must be brighter than the rest.
+Checks invariants and artists, and pixels where alignment is the point (a kept box brighter than the rest, the blank
+top band).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image, ImageSequence
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -167,6 +170,18 @@ def _render(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())
+
+
+def _one_token(res: PruneResult, i: int) -> PruneResult:
+    sel = Selection(
+        torch.tensor([i]),
+        torch.tensor([i]),
+        torch.ones(1),
+        torch.tensor([1.0, 0.5]),
+        "manual",
+        res.selections[0].n_tokens,
+    )
+    return dataclasses.replace(res, selections=(sel,))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -422,49 +437,6 @@ def test_relevance_text_aware_text_free_and_none():
     assert any("No text relevance" in t.get_text() for t in fig.axes[0].texts)
 
 
-def test_greedy_step_heat_is_residual_energy_of_remaining_tokens():
-    geom = llava_geometry()
-    res = make_result(geom, 6)
-    sel = res.selections[0]
-    fig = viz.plot_greedy_step(image_for(geom), res, 3)
-    ax = fig.axes[0]
-    assert "step 3 of 6" in ax.get_title()
-    heat = ax.images[-1].get_array()  # (rows, cols) masked raster of the heat layer
-    assert heat.mask.sum() > 0  # picked tokens are not painted
-    e = viz.residual_energies(res.visual_tokens[0], sel.order[:3], steps=[3])[0]
-    assert heat.max() == pytest.approx(float(e.max() / res.visual_tokens[0].pow(2).sum(1).max()), rel=1e-5)
-    with pytest.raises(ValueError, match="step"):
-        viz.plot_greedy_step(image_for(geom), res, 7)
-
-
-def test_greedy_step_without_token_vectors_still_draws_picks():
-    geom = qwen_geometry()
-    res = make_result(geom, 5, with_tokens=False)
-    fig = viz.plot_greedy_step(image_for(geom), res, 2)
-    assert "tokens=" in fig.axes[0].get_title()
-    tokens = torch.randn(geom.n_tokens, D)
-    assert len(viz.plot_greedy_step(image_for(geom), res, 2, tokens=tokens).axes) == 2  # with a colour bar
-
-
-@pytest.mark.parametrize(
-    "name,keep,max_frames,expected",
-    [
-        ("llava", 6, None, 6),
-        ("next", 9, 4, 4),
-        ("qwen", 1, None, 1),
-        ("llava", 0, None, 1),
-    ],
-)
-def test_greedy_animation_one_frame_per_step(name, keep, max_frames, expected):
-    geom = GEOMETRIES[name]()
-    res = make_result(geom, keep)
-    data = viz.greedy_animation(image_for(geom), res, max_frames=max_frames, dpi=40)
-    assert isinstance(data, bytes)
-    gif = Image.open(io.BytesIO(data))
-    assert gif.format == "GIF"
-    assert sum(1 for _ in ImageSequence.Iterator(gif)) == expected
-
-
 def test_method_grid_titles_answers_and_recall():
     geom = llava_geometry()
     image = image_for(geom)
@@ -567,18 +539,6 @@ def real_results():
         )
         out[name] = (image, res)
     return out
-
-
-def _one_token(res: PruneResult, i: int) -> PruneResult:
-    sel = Selection(
-        torch.tensor([i]),
-        torch.tensor([i]),
-        torch.ones(1),
-        torch.tensor([1.0, 0.5]),
-        "manual",
-        res.selections[0].n_tokens,
-    )
-    return dataclasses.replace(res, selections=(sel,))
 
 
 def test_real_qwen_token_highlights_exactly_its_box(real_results):
@@ -769,121 +729,6 @@ def test_top_band_is_blank_so_an_image_label_covers_no_title(name):
             if title.get_text():
                 top = h - title.get_window_extent(canvas.get_renderer()).y1  # pixels from the top
                 assert top >= band, f"{key}: title reaches into the top band"
-
-
-@pytest.mark.parametrize("name", ["llava", "next", "qwen"])
-def test_greedy_step_draws_the_index_its_title_names_on_that_patch(name):
-    geom = GEOMETRIES[name]()
-    res = make_result(geom, 6)
-    sel = res.selections[0]
-    for t in (0, 3):
-        nxt = int(sel.order[t])
-        ax = viz.plot_greedy_step(image_for(geom), res, t).axes[0]
-        assert f"next pick: token #{nxt}" in ax.get_title()
-        (label,) = [x for x in ax.texts if x.get_text().startswith("#")]
-        assert label.get_text() == f"#{nxt}" and label.get_visible()
-        offsets = {p.view: p.offset for p in _grid.panels(geom)}
-        x0, y0, x1, y1 = _grid.boxes(geom)[nxt]
-        dx = offsets[int(geom.view[nxt])]
-        assert label.get_position() == pytest.approx(((x0 + x1) / 2 + dx, (y0 + y1) / 2))
-    ax = viz.plot_greedy_step(image_for(geom), res, 6).axes[0]  # all picks made: no next pick to label
-    assert "all picks made" in ax.get_title()
-    assert not any(x.get_visible() and x.get_text().startswith("#") for x in ax.texts)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# token_at: the token under a pixel, and its facts
-
-
-@pytest.mark.parametrize("name", ["llava", "qwen", "llava_pad"])
-def test_token_at_box_centres_and_outside(name):
-    geom = GEOMETRIES[name]()
-    res = make_result(geom, 6)
-    sel = res.selections[0]
-    b = _grid.boxes(geom)
-    order = sel.order.tolist()
-    for i in range(geom.n_tokens):
-        cx, cy = (b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2
-        info = viz.token_at(res, int(cx), int(cy))  # the pixel holding the centre
-        assert info["index"] == i and info["row"] == int(geom.row[i]) and info["col"] == int(geom.col[i])
-        assert info["box"] == pytest.approx(tuple(b[i]))
-        assert info["kept"] == (i in sel.keep_idx.tolist())
-        assert info["pick"] == (order.index(i) + 1 if i in order else None)
-        assert info["relevance"] == pytest.approx(float(sel.relevance[i]))
-    w, h = geom.image_size
-    x1, y1 = b[:, 2].max(), b[:, 3].max()
-    assert viz.token_at(res, x1 + 1, 5) is None and viz.token_at(res, 5, y1 + 1) is None
-    assert viz.token_at(res, b[:, 0].min() - 2, 5) is None
-
-
-def test_token_at_energies():
-    geom = llava_geometry()
-    res = make_result(geom, 6)
-    sel = res.selections[0]
-    tokens = res.visual_tokens[0]
-    b = _grid.boxes(geom)
-    first, third = int(sel.order[0]), int(sel.order[2])
-    info = viz.token_at(res, b[third, 0] + 1, b[third, 1] + 1)
-    assert info["pick"] == 3 and info["energy_at_pick"] == pytest.approx(float(sel.energy[2]), rel=1e-5)
-    assert info["energy_left"] == 0.0
-    assert viz.token_at(res, b[first, 0], b[first, 1])["energy_at_pick"] == pytest.approx(
-        float(tokens[first].pow(2).sum()), rel=1e-5
-    )  # the first pick's residual is the whole token
-    pruned = next(i for i in range(24) if i not in sel.keep_idx.tolist())
-    info = viz.token_at(res, b[pruned, 0] + 1, b[pruned, 1] + 1)
-    e = viz.residual_energies(tokens, sel.order, steps=[6])[0, pruned] / tokens[pruned].double().pow(2).sum()
-    assert info["pick"] is None and info["energy_at_pick"] is None
-    assert info["energy_left"] == pytest.approx(float(e))
-    bare = make_result(geom, 6, with_tokens=False)
-    info = viz.token_at(bare, b[pruned, 0] + 1, b[pruned, 1] + 1)
-    assert info["energy_left"] is None and info["relevance"] is not None  # resprune recorded its relevance
-    free = make_result(geom, 6, "divprune", with_tokens=False, with_query=False)  # records neither
-    info = viz.token_at(free, b[first, 0] + 1, b[first, 1] + 1)
-    assert info["relevance"] is None and info["energy_left"] is None
-
-
-def test_token_at_multi_view_prefers_the_finer_token_unless_a_view_is_named():
-    geom = next_geometry()
-    res = make_result(geom, 5)
-    info = viz.token_at(res, 40, 25)  # base cell (1, 1): 30..60 x 20..40; hi-res cell (1, 2): 30..45 x 15..30
-    assert info["view"] == "high-res crops" and (info["row"], info["col"]) == (1, 2)
-    base = viz.token_at(res, 40, 25, view=VIEW_BASE)
-    assert base["view"] == "base view" and (base["row"], base["col"]) == (1, 1) and base["index"] == 4
-
-
-def test_token_at_on_a_rendered_figure_maps_the_highlighted_box_back_to_its_token():
-    """Independent of the recorded panel map: find the one kept box (full-brightness grey 220, the rest dimmed, the
-    figure's background white) in the rendered pixels and click its centre."""
-    geom = llava_geometry()
-    grey = Image.new("RGB", geom.image_size, (220, 220, 220))
-    for i in (0, 9, 23):
-        one = _one_token(make_result(geom, 1), i)
-        img = viz.to_image(viz.plot_kept_tokens(grey, one))
-        px = np.asarray(img).astype(float)
-        ys, xs = np.nonzero((np.abs(px - 220) < 8).all(-1))
-        assert ys.size > 100
-        info = viz.token_at(one, int(np.median(xs)), int(np.median(ys)), figure=img)
-        assert info is not None and info["index"] == i and info["kept"] and info["pick"] == 1
-        assert viz.token_at(one, 1, 1, figure=img) is None  # the white margin: no panel
-
-
-def test_token_at_bad_input():
-    geom = llava_geometry()
-    res = make_result(geom, 3)
-    with pytest.raises(TypeError, match="x must be a number"):
-        viz.token_at(res, "3", 4)
-    with pytest.raises(TypeError, match="y must be a number"):
-        viz.token_at(res, 3, True)
-    with pytest.raises(ValueError, match="y must be finite"):
-        viz.token_at(res, 3, float("nan"))
-    with pytest.raises(ValueError, match="view must be one of"):
-        viz.token_at(res, 3, 4, view=VIEW_HIRES)
-    with pytest.raises(ValueError, match="figure has no token panels"):
-        viz.token_at(res, 3, 4, figure=Image.new("RGB", (10, 10)))
-    with pytest.raises(TypeError, match="figure must be the PIL image"):
-        viz.token_at(res, 3, 4, figure=np.zeros((4, 4)))
-    with pytest.raises(IndexError, match="index=2"):
-        viz.token_at(res, 3, 4, index=2)
 
 
 @pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl"])
