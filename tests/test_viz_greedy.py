@@ -3,8 +3,10 @@ index) and the GIF. Hand-built results from ``test_viz``."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageSequence
@@ -16,9 +18,12 @@ from test_viz import (  # noqa: F401  (_no_open_pyplot_figures: the autouse fixt
     image_for,
     llava_geometry,
     make_result,
+    next_geometry,
     qwen_geometry,
     viz,
 )
+
+from resprune.types import Selection
 
 
 def test_greedy_step_heat_is_residual_energy_of_remaining_tokens():
@@ -82,3 +87,18 @@ def test_greedy_step_draws_the_index_its_title_names_on_that_patch(name):
     ax = viz.plot_greedy_step(image_for(geom), res, 6).axes[0]  # all picks made: no next pick to label
     assert "all picks made" in ax.get_title()
     assert not any(x.get_visible() and x.get_text().startswith("#") for x in ax.texts)
+
+
+def test_greedy_step_says_when_the_next_pick_has_no_pixels():
+    geom = next_geometry()
+    newline = int(np.flatnonzero(_grid.newline_tokens(geom))[0])
+    order = torch.tensor([0, newline, 12])
+    sel = Selection(order.sort().values, order, torch.ones(3), torch.tensor([1.0, 0.6, 0.5, 0.4]), "manual", 37)
+    res = dataclasses.replace(make_result(geom, 3), selections=(sel,))
+    ax = viz.plot_greedy_step(image_for(geom), res, 1).axes[0]
+    assert f"next pick: token #{newline} (a newline token: no pixels)" in ax.get_title()
+    assert not any(x.get_visible() and x.get_text().startswith("#") for x in ax.texts)
+    ax = viz.plot_greedy_step(image_for(geom), res, 2).axes[0]
+    assert "next pick: token #12" in ax.get_title() and "no pixels" not in ax.get_title()
+    (label,) = [x for x in ax.texts if x.get_text() == "#12"]
+    assert label.get_visible()

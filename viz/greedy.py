@@ -135,6 +135,8 @@ class _GreedyView:
             left = ""
         nxt = f"next pick: token #{int(self.order[t])}" if t < k else "all picks made"
         centre = self.canvas.centre(int(self.order[t])) if t < k else None
+        if t < k and centre is None:
+            nxt += " (a newline token: no pixels)"
         self.next_label.set_visible(centre is not None)
         if centre is not None:
             self.next_label.set_position(centre)
