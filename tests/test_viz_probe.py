@@ -109,3 +109,18 @@ def test_token_at_bad_input():
         viz.token_at(res, 3, 4, figure=np.zeros((4, 4)))
     with pytest.raises(IndexError, match="index=2"):
         viz.token_at(res, 3, 4, index=2)
+
+
+def test_token_at_on_a_rendered_method_grid_maps_each_panel():
+    """Two panels, each keeping one (different) token: a click on either bright box maps to that panel's token."""
+    geom = llava_geometry()
+    grey = Image.new("RGB", geom.image_size, (220, 220, 220))
+    results = {"a": _one_token(make_result(geom, 1), 7), "b": _one_token(make_result(geom, 1), 16)}
+    img = viz.to_image(viz.plot_method_grid(grey, results, ncols=2))
+    px = np.asarray(img).astype(float)
+    ys, xs = np.nonzero((np.abs(px - 220) < 8).all(-1))
+    left = xs < img.size[0] / 2
+    for side, (name, i) in zip((left, ~left), (("a", 7), ("b", 16))):
+        x, y = int(np.median(xs[side])), int(np.median(ys[side]))
+        assert viz.token_at(results[name], x, y, figure=img)["index"] == i
+    assert len(img.info["viz_panels"]) == 2
