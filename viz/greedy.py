@@ -147,6 +147,11 @@ class _GreedyView:
         self.title.set_text(f"{self.sel.method}: step {t} of {k} (N = {self.sel.n_tokens})\n{second}")
 
 
+def _default_size(geom: TokenGeometry, vecs: torch.Tensor | None, explain: bool) -> tuple[float, float]:
+    """Two title lines (a third without token vectors), a colour bar when there is a heat map, the footer."""
+    return layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None, footer_in=FOOTER_IN * explain)
+
+
 def plot_greedy_step(
     image: object,
     result: PruneResult,
@@ -192,7 +197,7 @@ def plot_greedy_step(
         raise ValueError(f"step must be an int in [0, K={k}], got {step!r}")
     step = int(step)
     vecs = tokens_of(result, index, tokens, sel.n_tokens)
-    size = layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None, footer_in=FOOTER_IN * explain)
+    size = _default_size(geom, vecs, explain)
     own = ax is None
     fig, ax = new_axes(ax, figsize, size)
     view = _GreedyView(
@@ -267,7 +272,7 @@ def greedy_animation(
     energies = None
     if vecs is not None:
         energies = residual_energies(vecs, sel.order.cpu(), steps=steps).numpy()  # (frames, N)
-    size = layout_size(geom, 2 + (vecs is None), colorbar=vecs is not None, footer_in=FOOTER_IN * explain)
+    size = _default_size(geom, vecs, explain)
     fig = new_figure(figsize or size, dpi=dpi)
     ax = fig.add_subplot()
     view = _GreedyView(
