@@ -1,6 +1,9 @@
-"""viz: figures from hand-built PruneResults (LLaVA-like 4x6 grid, LLaVA-NeXT-like views, Qwen-like odd grid).
+"""viz: geometry (``_grid``), the drawing machinery and ``to_image`` (``_canvas``) and the figures (``figures``),
+from hand-built PruneResults (LLaVA-like 4x6 grid, cropped / padded variants, LLaVA-NeXT-like views, Qwen-like odd
+grid) and from tiny real models. The hand-built cases here are shared by ``test_viz_greedy`` and ``test_viz_probe``.
 
-Checks invariants, not pixels, except for one rendered overlay whose kept box must be brighter than the rest.
+Checks invariants and artists, and pixels where alignment is the point (a kept box brighter than the rest, the blank
+top band).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import matplotlib.text
 import numpy as np
 import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image, ImageSequence
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -166,6 +170,18 @@ def _render(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())
+
+
+def _one_token(res: PruneResult, i: int) -> PruneResult:
+    sel = Selection(
+        torch.tensor([i]),
+        torch.tensor([i]),
+        torch.ones(1),
+        torch.tensor([1.0, 0.5]),
+        "manual",
+        res.selections[0].n_tokens,
+    )
+    return dataclasses.replace(res, selections=(sel,))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -421,49 +437,6 @@ def test_relevance_text_aware_text_free_and_none():
     assert any("No text relevance" in t.get_text() for t in fig.axes[0].texts)
 
 
-def test_greedy_step_heat_is_residual_energy_of_remaining_tokens():
-    geom = llava_geometry()
-    res = make_result(geom, 6)
-    sel = res.selections[0]
-    fig = viz.plot_greedy_step(image_for(geom), res, 3)
-    ax = fig.axes[0]
-    assert "step 3 of 6" in ax.get_title()
-    heat = ax.images[-1].get_array()  # (rows, cols) masked raster of the heat layer
-    assert heat.mask.sum() > 0  # picked tokens are not painted
-    e = viz.residual_energies(res.visual_tokens[0], sel.order[:3], steps=[3])[0]
-    assert heat.max() == pytest.approx(float(e.max() / res.visual_tokens[0].pow(2).sum(1).max()), rel=1e-5)
-    with pytest.raises(ValueError, match="step"):
-        viz.plot_greedy_step(image_for(geom), res, 7)
-
-
-def test_greedy_step_without_token_vectors_still_draws_picks():
-    geom = qwen_geometry()
-    res = make_result(geom, 5, with_tokens=False)
-    fig = viz.plot_greedy_step(image_for(geom), res, 2)
-    assert "tokens=" in fig.axes[0].get_title()
-    tokens = torch.randn(geom.n_tokens, D)
-    assert len(viz.plot_greedy_step(image_for(geom), res, 2, tokens=tokens).axes) == 2  # with a colour bar
-
-
-@pytest.mark.parametrize(
-    "name,keep,max_frames,expected",
-    [
-        ("llava", 6, None, 6),
-        ("next", 9, 4, 4),
-        ("qwen", 1, None, 1),
-        ("llava", 0, None, 1),
-    ],
-)
-def test_greedy_animation_one_frame_per_step(name, keep, max_frames, expected):
-    geom = GEOMETRIES[name]()
-    res = make_result(geom, keep)
-    data = viz.greedy_animation(image_for(geom), res, max_frames=max_frames, dpi=40)
-    assert isinstance(data, bytes)
-    gif = Image.open(io.BytesIO(data))
-    assert gif.format == "GIF"
-    assert sum(1 for _ in ImageSequence.Iterator(gif)) == expected
-
-
 def test_method_grid_titles_answers_and_recall():
     geom = llava_geometry()
     image = image_for(geom)
@@ -500,6 +473,27 @@ def test_importing_viz_does_not_import_pyplot():
     code = "import sys, viz; assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_importing_resprune_does_not_import_matplotlib():
+    code = "import sys, resprune; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_to_image_renders_rgb_at_figure_size_and_releases_the_figure():
+    geom = llava_geometry()
+    fig = viz.plot_kept_tokens(image_for(geom), make_result(geom, 4), figsize=(3.0, 2.0))
+    img = viz.to_image(fig)
+    assert isinstance(img, Image.Image) and img.mode == "RGB" and img.size == (300, 200)
+    a = np.asarray(img)
+    assert a.std() > 10  # something was drawn (not a blank canvas)
+    assert fig.axes == []  # released
+    kept = viz.plot_kept_tokens(image_for(geom), make_result(geom, 4), figsize=(3.0, 2.0))
+    assert viz.to_image(kept, release=False).size == (300, 200) and kept.axes  # kept for more frames
+    np.testing.assert_array_equal(np.asarray(viz.to_image(kept)), a)  # the same pixels as the first render
+    with pytest.raises(TypeError, match="fig must be a matplotlib Figure"):
+        viz.to_image(img)
 
 
 def test_no_rcparams_change():
@@ -546,18 +540,6 @@ def real_results():
         )
         out[name] = (image, res)
     return out
-
-
-def _one_token(res: PruneResult, i: int) -> PruneResult:
-    sel = Selection(
-        torch.tensor([i]),
-        torch.tensor([i]),
-        torch.ones(1),
-        torch.tensor([1.0, 0.5]),
-        "manual",
-        res.selections[0].n_tokens,
-    )
-    return dataclasses.replace(res, selections=(sel,))
 
 
 def test_real_qwen_token_highlights_exactly_its_box(real_results):
@@ -615,3 +597,154 @@ def test_every_figure_on_real_results(real_results, name):
         _render(fig)
     gif = viz.greedy_animation(image, res)
     assert Image.open(io.BytesIO(gif)).n_frames == res.selections[0].keep  # one frame per pick
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures that explain themselves: legends, captions, colour-bar units, a blank top band, named tokens drawn
+
+
+def _legend_texts(fig: Figure) -> list[str]:
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    return [t.get_text() for leg in legends for t in leg.get_texts()]
+
+
+def _caption(fig: Figure) -> str | None:
+    from viz import _canvas
+
+    return _canvas.caption_of(fig)
+
+
+@pytest.mark.parametrize("name", ["llava", "next", "qwen"])
+def test_every_figure_has_a_caption_and_explain_false_removes_it(name):
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, 5)
+    image = image_for(geom)
+    for key, fig in _all_figures(image, res).items():
+        cap = _caption(fig)
+        assert cap and len(cap) > 30, key
+    other = make_result(geom, 5, "divprune", seed=1)
+    bare = [
+        viz.plot_kept_tokens(image, res, explain=False),
+        viz.plot_residual_energy(res, {"d": other}, explain=False),
+        viz.plot_relevance(image, res, explain=False),
+        viz.plot_greedy_step(image, res, 2, explain=False),
+        viz.plot_method_grid(image, {"a": res, "b": other}, explain=False),
+    ]
+    for j, fig in enumerate(bare):
+        assert _caption(fig) is None
+        assert j == 1 or _legend_texts(fig) == []  # the residual curves keep their per-method legends
+
+
+def test_caption_in_a_given_axes_sits_under_it_and_its_x_label():
+    geom = llava_geometry()
+    res = make_result(geom, 5)
+    fig = Figure(figsize=(8, 6))
+    a, b = fig.subplots(1, 2)
+    viz.plot_residual_energy(res, ax=a)
+    viz.plot_kept_tokens(image_for(geom), res, ax=b)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    r = canvas.get_renderer()
+    caps = [t for t in fig.findobj(matplotlib.text.Text) if t.get_gid() == "caption"]
+    assert len(caps) == 2
+    cap_a = next(t for t in caps if "Residual energy" in t.get_text())
+    assert cap_a.get_window_extent(r).y1 <= a.xaxis.label.get_window_extent(r).y0 + 1  # under the x label
+    cap_b = next(t for t in caps if "One box per token" in t.get_text())
+    assert cap_b.get_window_extent(r).y1 <= b.get_window_extent(r).y0 + 1  # under the image
+    assert b.get_legend() is not None and [t.get_text() for t in b.get_legend().get_texts()] == [
+        "kept (outlined)",
+        "pruned (dimmed)",
+    ]
+
+
+def test_kept_overlay_legend_and_caption_say_outlined_is_kept_and_dimmed_is_pruned():
+    geom = llava_geometry()
+    fig = viz.plot_kept_tokens(image_for(geom), make_result(geom, 4), order_numbers=True)
+    assert _legend_texts(fig) == ["kept (outlined)", "pruned (dimmed)"]  # no crop box: no crop entry
+    cap = _caption(fig)
+    assert "outlined: kept by resprune" in cap and "dimmed: pruned" in cap and "pick order" in cap
+    fig = viz.plot_kept_tokens(image_for(geom), make_result(geom, 4))
+    assert "pick order" not in _caption(fig)  # no numbers drawn, none explained
+
+
+@pytest.mark.parametrize("name,word", [("llava_crop", "cropped"), ("llava_pad", "padded")])
+def test_dashed_crop_box_is_explained_in_legend_and_caption(name, word):
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, 4)
+    image = image_for(geom)
+    for fig in (
+        viz.plot_kept_tokens(image, res),
+        viz.plot_relevance(image, res),
+        viz.plot_greedy_step(image, res, 2),
+        viz.plot_method_grid(image, {"a": res}),
+    ):
+        assert "what the model saw" in _legend_texts(fig)
+        assert f"the processor {word} the image to the dashed box" in _caption(fig)
+        dashed = [c for c in fig.axes[0].collections if c.get_linestyle()[0][1] is not None and len(c.get_paths()) == 1]
+        assert dashed, "the dashed box is drawn"
+
+
+def test_multi_view_caption_names_the_panels():
+    geom = next_geometry()
+    cap = _caption(viz.plot_kept_tokens(image_for(geom), make_result(geom, 5)))
+    assert "left: base view, right: high-res crops" in cap
+
+
+def test_colour_bars_state_their_scale():
+    geom = llava_geometry()
+    res = make_result(geom, 5)
+    rel = viz.plot_relevance(image_for(geom), res)
+    assert "0 = least, 1 = most relevant" in rel.axes[1].get_ylabel()
+    assert "cosine similarity" in _caption(rel) and _legend_texts(rel) == ["kept by resprune"]
+    step = viz.plot_greedy_step(image_for(geom), res, 2)
+    assert "largest ‖v‖²" in step.axes[1].get_ylabel() and "(log)" in step.axes[1].get_ylabel()
+    assert "energy each unpicked token has left" in _caption(step)
+    assert _legend_texts(step) == ["picked so far (number: pick order)", "next pick (#: its token index)"]
+
+
+def test_method_grid_legend_names_the_objects_outline():
+    geom = llava_geometry()
+    mask = np.zeros((80, 120), dtype=bool)
+    mask[20:60, 40:80] = True
+    fig = viz.plot_method_grid(image_for(geom), {"a": make_result(geom, 6)}, objects_mask=mask)
+    assert _legend_texts(fig) == ["kept (outlined)", "pruned (dimmed)", "objects the question is about"]
+    assert "(6 of 24)" in _caption(fig) and "recall:" in _caption(fig)
+
+
+@pytest.mark.parametrize("name", ["llava", "next", "qwen"])
+def test_top_band_is_blank_so_an_image_label_covers_no_title(name):
+    """gradio draws an image's label over its top-left corner: every new figure keeps a blank band at the top."""
+    from viz import _canvas
+
+    geom = GEOMETRIES[name]()
+    res = make_result(geom, 5)
+    for key, fig in _all_figures(image_for(geom), res).items():
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        band = int(_canvas.TOP_BAND_IN * fig.dpi) - 1
+        px = np.asarray(canvas.buffer_rgba())[..., :3]
+        assert (px[:band, : px.shape[1] // 2] == 255).all(), f"{key}: something drawn in the top band's left half"
+        h = px.shape[0]
+        for ax in fig.axes:
+            title = ax.title
+            if title.get_text():
+                top = h - title.get_window_extent(canvas.get_renderer()).y1  # pixels from the top
+                assert top >= band, f"{key}: title reaches into the top band"
+
+
+@pytest.mark.parametrize("name", ["llava_next", "qwen2_5_vl"])
+def test_token_at_on_real_geometry(real_results, name):
+    image, res = real_results[name]
+    geom = res.geometry[0]
+    b = _grid.boxes(geom)
+    ok = _grid.drawable(geom)
+    views = geom.view.numpy()
+    for i in np.flatnonzero(ok)[::5]:
+        cx, cy = (b[i, 0] + b[i, 2]) / 2, (b[i, 1] + b[i, 3]) / 2
+        if not (0 <= cx < image.size[0] and 0 <= cy < image.size[1]):
+            continue  # a padding token: no pixel of the original image
+        info = viz.token_at(res, int(cx), int(cy), view=int(views[i]))
+        assert info["index"] == i
+        finest = viz.token_at(res, int(cx), int(cy))
+        assert finest["view"] == ("high-res crops" if name == "llava_next" else "base view")
+    assert viz.token_at(res, image.size[0] + 5, 0) is None
