@@ -15,6 +15,7 @@ import resprune
 from resprune.generate import _cache_of, chat_prompt
 from resprune.pipeline import prune
 from resprune.testing import FAMILIES, tiny_model
+from resprune.types import VIEW_NEWLINE
 
 PROMPT = "What colour is the circle?"
 
@@ -158,3 +159,26 @@ def test_answer_with_fastv_reports_layer_averaged_savings(family):
         > resprune.generate.prefill_flops(model, st["seq_len_after"])
     )
     assert st["visual_tokens_after"] < st["visual_tokens_equivalent"] < st["visual_tokens_before"]
+
+
+def test_kept_tokens_are_the_most_attended_by_eager_attention_weights(family):
+    """Independent of the library's attention recomputation: the model's own eager attention weights of layer
+    ``layer - 1`` (``output_attentions``), the last position's row averaged over heads, top K of the image tokens."""
+    _, model, proc, inputs = family
+    n = _n(model, inputs)
+    k = n // 3
+    lm = model.get_decoder()
+    saved = lm.config._attn_implementation
+    lm.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            att = model(**inputs, output_attentions=True, use_cache=False).attentions
+    finally:
+        lm.config._attn_implementation = saved
+    for layer in (1, 2):
+        row = att[layer - 1][0, :, -1, :].float().mean(0)  # (L,) mean over heads
+        img = row[inputs["input_ids"][0] == model.config.image_token_id]
+        res = prune(model, inputs, "fastv", k, processor=proc, layer=layer)
+        cand = (res.geometry[0].view != VIEW_NEWLINE).nonzero().squeeze(1)  # newlines='drop': not candidates
+        want = torch.sort(cand[torch.sort(img[cand], descending=True, stable=True).indices[:k]]).values
+        assert torch.equal(res.selections[0].keep_idx, want)
