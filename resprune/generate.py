@@ -4,7 +4,6 @@ function ``resprune.answer``.)"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from .adapters import adapter_for
 from .pipeline import prune
 from .registry import DEFAULT_METHOD
+from .timing import measure
 from .types import PruneResult
 
 __all__ = ["Answer", "answer", "chat_prompt", "count_visual_tokens", "kv_cache_bytes", "prefill_flops"]
@@ -98,9 +98,13 @@ def answer(
     keep: int = 64,
     max_new_tokens: int = 32,
     compare: bool = True,
+    timing_repeats: int = 3,
     **hparams: Any,
 ) -> Answer:
-    """Answer ``prompt`` about ``image`` with the pruned model (and the unpruned one when ``compare``)."""
+    """Answer ``prompt`` about ``image`` with the pruned model (and the unpruned one when ``compare``).
+
+    Prefill times in ``stats`` are the median of ``timing_repeats`` synchronised runs (``resprune.timing``);
+    ``stats["timing_repeats"]`` says how many."""
     img, inputs = _inputs(processor, image, prompt)
     dev = model.device
     inputs = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in inputs.items()}
@@ -109,14 +113,12 @@ def answer(
     gen_kw = dict(
         max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True, pad_token_id=tok.pad_token_id
     )
-    stats = dict(result.stats)
+    stats = dict(result.stats, timing_repeats=timing_repeats)
     with result.generation_context():
-        t0 = time.perf_counter()
-        pre = model(**result.generate_kwargs, use_cache=True)
-        stats["prefill_seconds_after"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = model.generate(**result.generate_kwargs, **gen_kw)
-        stats["generate_seconds_after"] = time.perf_counter() - t0
+        t = measure(lambda: model(**result.generate_kwargs, use_cache=True), dev, repeats=timing_repeats)
+        pre, stats["prefill_seconds_after"] = t.result, t.median
+        t = measure(lambda: model.generate(**result.generate_kwargs, **gen_kw), dev)
+        out, stats["generate_seconds_after"] = t.result, t.median
     n_prompt = result.generate_kwargs["input_ids"].shape[1] if "input_ids" in result.generate_kwargs else 0
     pruned = tok.decode(out.sequences[0, n_prompt:], skip_special_tokens=True).strip()
     stats["kv_cache_bytes_after"] = kv_cache_bytes(_cache_of(pre))[0]  # the prompt's cache, read after prefill
@@ -126,12 +128,10 @@ def answer(
     stats["prefill_flops_before"] = prefill_flops(model, stats["seq_len_before"])
     unpruned = None
     if compare:
-        t0 = time.perf_counter()
-        pre = model(**inputs, use_cache=True)
-        stats["prefill_seconds_before"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        full = model.generate(**inputs, **gen_kw)
-        stats["generate_seconds_before"] = time.perf_counter() - t0
+        t = measure(lambda: model(**inputs, use_cache=True), dev, repeats=timing_repeats)
+        pre, stats["prefill_seconds_before"] = t.result, t.median
+        t = measure(lambda: model.generate(**inputs, **gen_kw), dev)
+        full, stats["generate_seconds_before"] = t.result, t.median
         n_prompt = inputs["input_ids"].shape[1]
         unpruned = tok.decode(full.sequences[0, n_prompt:], skip_special_tokens=True).strip()
         stats["kv_cache_bytes_before"] = kv_cache_bytes(_cache_of(pre))[0]

@@ -37,21 +37,62 @@ class ModelLoadError(OSError):
     """A model could not be loaded; the message names it and suggests the offline default."""
 
 
-def load_model(name_or_id: str, *, dtype: Any = None, device: str | None = None) -> tuple[Any, Any]:
-    """Load ``(model, processor)`` by preset name, hub id or local folder.
+def resolve_device(device: Any = "auto") -> Any:
+    """``"auto"``: CUDA if present, else MPS, else the CPU; anything else is checked by torch (``ModelLoadError``)."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():  # pragma: no cover - Apple only
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device!r} but CUDA is not available on this machine; use device='auto'")
+    return dev
+
+
+def default_dtype(device: Any) -> Any:
+    """float32 on the CPU; bfloat16 on a CUDA device that supports it, else float16; float16 on MPS."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if device.type == "mps" else torch.float32
+
+
+def load_model(name_or_id: str, *, dtype: Any = None, device: Any = "auto", device_map: Any = None) -> tuple[Any, Any]:
+    """Load ``(model, processor)`` by preset name, hub id or local folder, on ``device`` in ``dtype``.
+
+    Args:
+        name_or_id: a preset (``PRESETS``), a hub id or a folder saved with ``save_pretrained``.
+        dtype: the weights' dtype; default ``default_dtype(device)`` (float32 on the CPU, bfloat16/float16 on
+            accelerators).
+        device: ``"auto"`` (CUDA, else MPS, else CPU), or a torch device string.
+        device_map: passed to ``from_pretrained`` for models that do not fit one device (needs ``accelerate``);
+            the model is then not moved as a whole.
 
     Raises:
-        ModelLoadError: unknown id, no network, missing or corrupt files; the message names ``name_or_id``.
+        ModelLoadError: unknown id, no network, missing or corrupt files, an unavailable device; the message names
+            ``name_or_id``.
     """
     if not isinstance(name_or_id, str) or not name_or_id.strip():
         raise ModelLoadError(f"name_or_id must be a preset name, hub id or folder, got {name_or_id!r}")
+    dev = resolve_device(device)
+    if dtype is None:
+        dtype = default_dtype(dev)
     if name_or_id == "scenes":
         from .scenes.model import load_scenes_model
 
-        return load_scenes_model()
+        model, processor = load_scenes_model()
+        return model.to(device=dev, dtype=dtype).eval(), processor
     target = PRESETS[name_or_id].hub_id if name_or_id in PRESETS else name_or_id
     try:
-        import torch
         from transformers import AutoModelForImageTextToText
 
         from .adapters import adapter_for
@@ -60,8 +101,9 @@ def load_model(name_or_id: str, *, dtype: Any = None, device: str | None = None)
         kw: dict[str, Any] = {"local_files_only": local or os.environ.get("HF_HUB_OFFLINE") == "1"}
         model = AutoModelForImageTextToText.from_pretrained(
             target,
-            dtype=dtype or (torch.float16 if torch.cuda.is_available() else torch.float32),
+            dtype=dtype,
             trust_remote_code=False,
+            **({"device_map": device_map} if device_map is not None else {}),
             **kw,
         )
         processor = adapter_for(model).load_processor(target, **kw)
@@ -71,8 +113,8 @@ def load_model(name_or_id: str, *, dtype: Any = None, device: str | None = None)
             "Without network access only local folders and the offline default load: "
             "use resprune.load_model('scenes')."
         ) from None
-    if device:
-        model = model.to(device)
+    if device_map is None:
+        model = model.to(dev)
     model.eval()
     return model, processor
 

@@ -22,6 +22,7 @@ from .adapters import ADAPTERS, Adapter, ImageTokens, adapter_for
 from .methods._common import split_budget
 from .registry import DEFAULT_METHOD, MethodInfo, method_info
 from .text import query_embeddings
+from .timing import synchronize
 from .types import PER_TOKEN_INTERNALS, PRUNE_OPTIONS, VIEW_NEWLINE, PruneResult, Selection
 
 __all__ = ["ADAPTERS", "prune"]
@@ -97,6 +98,7 @@ def prune(
             internals["llm_attention"] = llm_scores[i]
         t0 = time.perf_counter()
         sel, k = _select_image(model, adapter, info, im, keep, text_query, internals, opts, hparams)
+        synchronize(model.device)
         t_sel += time.perf_counter() - t0
         selections.append(sel)
         ks.append(k)
@@ -234,6 +236,7 @@ def _in_llm_scores(
     t0 = time.perf_counter()
     dev_inputs = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
     row = info.in_llm.attention(model, dev_inputs, hparams).float().cpu()  # (L,)
+    synchronize(model.device)
     return [row[image_mask[0]]], time.perf_counter() - t0
 
 

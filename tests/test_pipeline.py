@@ -99,3 +99,39 @@ def test_saved_checkpoints_load_through_load_model(name, tmp_path):
     assert torch.equal(inputs["pixel_values"], ref["pixel_values"])
     res = prune(m2, inputs, "resprune", 5, processor=p2, prompt=PROMPT)
     assert res.selections[0].keep == 5
+
+
+def test_load_model_device_and_dtype_defaults(tmp_path):
+    """``device="auto"`` is the CPU here (no CUDA), float32 by default; an explicit dtype is honoured; devices that
+    are not there are refused by name."""
+    from resprune.loading import default_dtype, resolve_device
+
+    model, proc = tiny_model("llava")
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    m, _ = resprune.load_model(str(tmp_path))
+    assert m.device.type == "cpu" and m.dtype == torch.float32 and not m.training
+    m16, _ = resprune.load_model(str(tmp_path), dtype=torch.bfloat16)
+    assert m16.dtype == torch.bfloat16
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert default_dtype(torch.device("cpu")) == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(resprune.ModelLoadError, match="CUDA is not available"):
+            resprune.load_model(str(tmp_path), device="cuda")
+    with pytest.raises(resprune.ModelLoadError, match="device must be"):
+        resprune.load_model(str(tmp_path), device="quantum")
+    scenes, _ = resprune.load_model("scenes", device="cpu")
+    assert scenes.dtype == torch.float32
+
+
+def test_answer_reports_median_timings_with_their_repeat_count(tiny_llava):
+    model, proc = tiny_llava
+    a = resprune.answer(model, proc, _image(), "What colour is the circle?", keep=8, max_new_tokens=2, timing_repeats=5)
+    assert a.stats["timing_repeats"] == 5
+    assert a.stats["prefill_seconds_after"] > 0 and a.stats["prefill_seconds_before"] > 0
+    from resprune.timing import measure
+
+    t = measure(lambda: 3, repeats=4, warmup=1)
+    assert len(t.seconds) == 4 and t.result == 3 and t.median >= 0
+    with pytest.raises(ValueError, match="repeats must be an int >= 1"):
+        measure(lambda: 0, repeats=0)
