@@ -26,7 +26,7 @@ import torch
 from ._checks import check_tokens
 
 SPAN_RTOL = 1e-12  # float64 residual below SPAN_RTOL * max_j ||v_j||^2: spanned (float64 noise level)
-MARGIN = 1e-4  # bound on the float32 estimate's error, relative to ||v_i||^2 (rounding is ~1e-6)
+MARGIN = 1e-5  # bound on the float32 estimates' error, relative to ||v_i||^2 (measured: ~1e-7)
 FRAGILE = 1e-2  # energies below FRAGILE * ||v_i||^2 are tracked exactly in float64
 _BATCH = 16  # candidates evaluated exactly per round of the lazy search
 
@@ -46,12 +46,14 @@ def greedy_residual(
         keep: K (<= N).
         weight: `(N,)` text weights ``g(r)``, or None for all ones.
         seed: index of the first pick, or None to use the rule from step 0.
-        solver: how the float32 estimates are kept: ``"gs"``: one `(N, D)` mat-vec per pick, O(N K D) as in the
-            paper; ``"gram"``: one `(N, N)` Gram GEMM, then pivoted-Cholesky steps of O(N t). The same picks.
+        solver: how the float32 estimates are kept: ``"gs"``: a float32 Gram–Schmidt basis and one `(N, D)`
+            mat-vec per pick, O(N K D) as in the paper; ``"gram"``: one `(N, N)` Gram GEMM, then pivoted-Cholesky
+            steps of O(N t). The same picks.
 
     Returns:
-        order `(K,)` int64, energy at pick `(K,)` (float64 exact), gain at pick `(K,)`, residual curve `(K+1,)`
-        (normalised total energy after each pick, from the estimates: accurate to ~``MARGIN``).
+        order `(K,)` int64, energy at pick `(K,)` (float64; exact where the pick needed an exact decision, else the
+        estimate, within ``MARGIN * ||v||^2``), gain at pick `(K,)`, residual curve `(K+1,)` (normalised total
+        energy after each pick, from the estimates).
     """
     if solver not in ("gs", "gram"):
         raise ValueError(f"solver must be 'gs', 'gram' or 'auto', got {solver!r}")
@@ -61,37 +63,60 @@ def greedy_residual(
     total0 = float(norm2.sum())
     span_tol = SPAN_RTOL * float(norm2.max()) if n else 0.0
     w = np.ones(n) if weight is None else weight.double().numpy()
-    est = norm2.copy()  # (N,) energy estimates (exact where ``exact``)
-    exact = norm2 <= 0  # tracked exactly: explicit float64 residual vectors (zero tokens: exact from the start)
-    frag = np.empty(0, dtype=np.int64)  # the tracked tokens (rows of ``frag_res``)
-    frag_res = np.zeros((0, dim))  # (F, D) their float64 residual vectors
-    frag_pos: dict[int, int] = {}  # token -> row of frag_res
     margin = MARGIN * norm2
+    est = norm2.copy()  # (N,) energy estimates (exact where ``exact``)
     spanned = norm2 <= span_tol
     est[spanned] = 0.0
+    exact = spanned.copy()  # known exactly: tracked residual vectors, or zero
+    frag = np.empty(0, dtype=np.int64)  # tracked tokens (rows of ``frag_res``)
+    frag_res = np.zeros((0, dim))  # (F, D) their float64 residual vectors
+    frag_pos: dict[int, int] = {}
     avail = np.ones(n, dtype=bool)
-    q64 = np.zeros((keep, dim))  # (K, D) float64 orthonormal basis of the picks
+    # the exact float64 basis of the picks, built lazily (in blocks, when an exact value is needed)
+    q64 = np.zeros((keep, dim))
     m = 0
+    pending: list[int] = []
+    # the float32 estimates
     gram = (v @ v.T).double().numpy() if solver == "gram" else None  # (N, N) float32 GEMM
-    chol = np.zeros((keep, n)) if solver == "gram" else None  # rows l_t ~ V q_t
+    chol = np.zeros((keep, n)) if solver == "gram" else None  # rows l_t ~ V u_t
+    basis32 = np.zeros((keep, dim), dtype=np.float32) if solver == "gs" else None
+    mc = 0
     order = np.empty(keep, dtype=np.int64)
     e_pick = np.empty(keep)
     g_pick = np.empty(keep)
     curve = np.empty(keep + 1)
     curve[0] = 1.0 if total0 > 0 else 0.0
 
+    def project(r: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """``r`` minus its components on ``q64[lo:hi]`` (classical Gram–Schmidt, applied twice)."""
+        if hi > lo:
+            for _ in range(2):
+                r -= (r @ q64[lo:hi].T) @ q64[lo:hi]
+        return r
+
+    def flush() -> None:
+        """Add the pending picks to the exact basis (one block product, then in pick order within the block) and
+        bring the tracked residual vectors up to date."""
+        nonlocal m, frag_res
+        if not pending:
+            return
+        m0 = m
+        block = project(v32[pending].astype(np.float64), 0, m)
+        for row in block:
+            r = project(row.copy(), m0, m)
+            e = float(r @ r)
+            if e > span_tol:
+                q64[m] = r / np.sqrt(e)
+                m += 1
+        pending.clear()
+        if frag.size and m > m0:
+            frag_res = project(frag_res, m0, m)
+            est[frag] = np.einsum("ij,ij->i", frag_res, frag_res)
+
     def residual(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact float64 residual vectors `(len(idx), D)` of tokens ``idx`` w.r.t. the basis, and their energies
-        (classical Gram–Schmidt, a second pass where the first removed more than half the norm: DGKS)."""
-        r = v32[idx].astype(np.float64)
-        if m:
-            r -= (r @ q64[:m].T) @ q64[:m]
-            e = np.einsum("ij,ij->i", r, r)
-            again = e < 0.5 * norm2[idx]
-            if again.any():
-                ra = r[again]
-                ra -= (ra @ q64[:m].T) @ q64[:m]
-                r[again] = ra
+        """Exact float64 residual vectors `(len(idx), D)` of tokens ``idx`` and their energies."""
+        flush()
+        r = project(v32[idx].astype(np.float64), 0, m)
         return r, np.einsum("ij,ij->i", r, r)
 
     def track(idx: np.ndarray, r: np.ndarray, e: np.ndarray) -> None:
@@ -105,64 +130,74 @@ def greedy_residual(
             exact[idx[new]] = True
 
     for t in range(keep):
-        fresh = np.zeros(n, dtype=bool)  # exactly evaluated at this step
-        fresh_res: dict[int, np.ndarray] = {}
+        fresh = np.zeros(n, dtype=bool)  # evaluated exactly at this step
+        known = exact.copy()
         if t == 0 and seed is not None:
             s = int(seed)
         else:
             batch = 1
-            while True:  # lazy search: upper bounds for estimates, exact values where known
-                bound = np.where(avail, w * np.where(exact | fresh, est, est + margin), -np.inf)
+            while True:  # lazy search: estimates +- margin bound the true scores
+                bound = np.where(avail, w * np.where(known | fresh, est, est + margin), -np.inf)
                 s = int(bound.argmax())
-                if exact[s] or fresh[s] or not bound[s] > 0:
+                if not bound[s] > 0 or known[s] or fresh[s]:
                     break
-                cand = np.flatnonzero(avail & ~exact & ~fresh)
+                best = bound[s]
+                bound[s] = -np.inf
+                if w[s] * (est[s] - margin[s]) >= bound.max():  # unambiguous: no exact value needed
+                    bound[s] = best
+                    break
+                bound[s] = best
+                cand = np.flatnonzero(avail & ~known & ~fresh)
                 top = cand[np.argsort(-bound[cand], kind="stable")[:batch]] if batch > 1 else np.array([s])
                 batch = min(2 * batch, _BATCH)
                 r, e = residual(top)
                 est[top] = np.where(e <= span_tol, 0.0, e)
                 fresh[top] = True
-                fresh_res.update(zip(top.tolist(), r))
                 spanned[top] |= e <= span_tol
                 track(top, r, e)
             if not bound[s] > 0:  # everything left is spanned: break ties by weight, then by index
                 s = int(np.where(avail, w, -np.inf).argmax())
-        if s in fresh_res:
-            res_s = fresh_res[s][None]
-            e_s = np.array([est[s]])
-        elif exact[s] and s in frag_pos:
-            res_s = frag_res[frag_pos[s]][None]
-            e_s = np.einsum("ij,ij->i", res_s, res_s)
-        else:
-            res_s, e_s = residual(np.array([s]))
-        e_s = 0.0 if e_s[0] <= span_tol else float(e_s[0])
+        e_s = 0.0 if spanned[s] else float(est[s])
         order[t], e_pick[t], g_pick[t] = s, e_s, w[s] * e_s
         avail[s] = False
-        if e_s > 0:  # a new direction: extend the basis, update every estimate
-            q = res_s[0] / np.sqrt(e_s)
-            q64[m] = q
-            if frag.size:  # tracked tokens: project their residual vectors off the new direction
-                frag_res -= np.outer(frag_res @ q, q)
-                est[frag] = np.einsum("ij,ij->i", frag_res, frag_res)
-            rest = ~exact
+        if e_s > 0:  # a new direction (unless the exact basis finds it spanned): update every estimate
+            pending.append(s)
+            col = None
             if gram is not None:
-                ls = chol[:m, s]
+                ls = chol[:mc, s]
                 d = gram[s, s] - ls @ ls
                 if d > FRAGILE * norm2[s]:  # the float32 pivot is reliable
-                    col = (gram[s] - ls @ chol[:m]) / np.sqrt(d)
-                else:  # fall back to one mat-vec with the exact direction
-                    col = (v32 @ q.astype(np.float32)).astype(np.float64)
-                chol[m] = col
+                    col = (gram[s] - ls @ chol[:mc]) / np.sqrt(d)
             else:
-                col = (v32 @ q.astype(np.float32)).astype(np.float64)
-            est[rest] -= col[rest] ** 2
-            m += 1
-            newly = np.flatnonzero(rest & (est <= FRAGILE * norm2) & avail)
-            if newly.size:  # evaluate exactly and track from now on
-                r, e = residual(newly)
-                est[newly] = e
-                track(newly, r, e)
-            spanned |= exact & (est <= span_tol)
+                rho = v32[s].copy()
+                for _ in range(2 if mc else 0):
+                    rho -= (basis32[:mc] @ rho) @ basis32[:mc]
+                nr2 = float(np.dot(rho.astype(np.float64), rho))
+                if nr2 > FRAGILE * norm2[s]:
+                    basis32[mc] = rho / np.sqrt(nr2)
+                    col = (v32 @ basis32[mc]).astype(np.float64)
+            if col is None:  # nearly spanned by the estimates: take the exact direction, if there is one
+                m_before = m
+                flush()
+                if m > m_before:
+                    u = q64[m - 1].astype(np.float32)
+                    if basis32 is not None:
+                        basis32[mc] = u
+                    col = (v32 @ u).astype(np.float64)
+            if col is not None:
+                if chol is not None:
+                    chol[mc] = col
+                mc += 1
+                rest = ~exact
+                est[rest] -= col[rest] ** 2
+                if frag.size:  # tracked tokens follow the exact basis
+                    flush()
+                newly = np.flatnonzero(rest & (est <= FRAGILE * norm2) & avail)
+                if newly.size:  # evaluate exactly and track from now on
+                    r, e = residual(newly)
+                    est[newly] = e
+                    track(newly, r, e)
+                spanned |= exact & (est <= span_tol)
         est[spanned | ~avail] = 0.0
         curve[t + 1] = max(float(est.sum()), 0.0) / total0 if total0 > 0 else 0.0
     curve = np.minimum.accumulate(curve)
