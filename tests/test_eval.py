@@ -61,7 +61,9 @@ def reference_answers(model, processor, method: str, keep: int | None, n: int, k
             k = keep
             if keep_ratio is not None:
                 k = resprune.keep_count(resprune.count_visual_tokens(model, processor, image, q.text), keep_ratio)
-            ans = resprune.answer(model, processor, image, q.text, method=method, keep=k, max_new_tokens=4, compare=False)
+            ans = resprune.answer(
+                model, processor, image, q.text, method=method, keep=k, max_new_tokens=4, compare=False
+            )
             out.append((ans.pruned, normalise(ans.pruned) == normalise(q.answer)))
     return out
 
