@@ -71,9 +71,7 @@ class ResPruneLMM(lmms):
         args = parse_model_args(
             pretrained, method, keep, keep_ratio, newlines, query, dtype, device, batch_size, records, **hparams
         )
-        from accelerate import Accelerator
-
-        self.accelerator = Accelerator()
+        self.accelerator = _accelerator(args.device)
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
         self._device = _device(args.device, self.accelerator.local_process_index)
@@ -358,6 +356,8 @@ class ResPruneLMM(lmms):
 
 
 def _cut(text: str, until: list[str]) -> str:
+    """The answer up to the first stop sequence (leading whitespace does not count as one)."""
+    text = text.strip()
     for u in until:
         if u and u in text:
             text = text[: text.index(u)]
@@ -377,6 +377,14 @@ def _prompt_kv_bytes(cache: Any, total: int, b: int, lmax: int, seq: int, in_cac
                 length = t.shape[2] - in_cache  # this layer's prompt length (FastV: shorter from its layer on)
                 out += per_pos * max(length - (lmax - seq), 0)
     return out
+
+
+def _accelerator(device: str) -> Any:
+    """The process's ``Accelerator``: under ``accelerate launch`` on a machine without CUDA (or with
+    ``device=cpu``) the processes join one gloo group (data parallel on CPU), no environment variable needed."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
 def _device(device: str, local_index: int) -> torch.device:

@@ -144,7 +144,8 @@ def resolve_tasks(a: argparse.Namespace, output: Path, rank: int) -> tuple[list[
     for p in include:
         if not os.path.isdir(p):
             raise SweepError(f"--include-path: no such folder {p!r}")
-    if SCENE_TASK in names:
+    local = TaskManager("WARNING", include_path=include, include_defaults=False) if include else None
+    if SCENE_TASK in names and (local is None or SCENE_TASK not in local.all_tasks):  # exported on first use
         folder = output / "tasks" / SCENE_TASK
         if rank == 0 and not (folder / f"{SCENE_TASK}.yaml").exists():
             from .export import export_scene_task
@@ -152,7 +153,11 @@ def resolve_tasks(a: argparse.Namespace, output: Path, rank: int) -> tuple[list[
             export_scene_task(folder, a.scene_questions)
         _barrier()
         include.append(str(folder))
-    tm = TaskManager("WARNING", include_path=include or None, model_name="resprune")
+        local = TaskManager("WARNING", include_path=include, include_defaults=False)
+    if local is not None and all(n in local.all_tasks for n in names):
+        tm = local  # only local tasks: no need to index lmms-eval's ~2,000 (6 s)
+    else:
+        tm = TaskManager("WARNING", include_path=include or None, model_name="resprune")
     known = set(tm.all_tasks)
     for n in names:
         if n not in known:
@@ -167,12 +172,12 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _dist_init() -> tuple[int, int]:
-    """Start the process group when launched by ``accelerate launch`` (before any task is exported)."""
-    from accelerate import PartialState
+def _dist_init(device: str) -> tuple[int, int]:
+    """Join the process group when launched by ``accelerate launch`` (before any task is exported)."""
+    from .lmms import _accelerator
 
-    st = PartialState()
-    return st.process_index, st.num_processes
+    acc = _accelerator(device)
+    return acc.process_index, acc.num_processes
 
 
 def run(a: argparse.Namespace, log: Any = print) -> list[dict[str, Any]]:
@@ -185,7 +190,7 @@ def run(a: argparse.Namespace, log: Any = print) -> list[dict[str, Any]]:
             "pip install --no-deps -r requirements-lmms-eval.txt"
         ) from None
     output = Path(a.output)
-    rank, world = _dist_init()
+    rank, world = _dist_init(a.device)
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
     _barrier()
