@@ -294,3 +294,61 @@ def test_accelerate_two_cpu_processes_give_the_identical_table(scene_task, sweep
     for r in _table(out):
         assert [r[c] for c in DETERMINISTIC] == single[(r["method"], r["keep"])]
     assert len(_table(out)) == 2
+
+
+def _variant_task(scene_task: Path, folder: Path, name: str, visual: str) -> Path:
+    """The exported scene data under another task whose ``doc_to_visual`` is ``visual`` (a Python expression
+    of ``doc``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    yaml = (scene_task / f"{export.TASK}.yaml").read_text().replace(f"task: {export.TASK}", f"task: {name}")
+    (folder / f"{name}.yaml").write_text(yaml)
+    (folder / "utils.py").write_text(
+        "from resprune.eval.export import doc_to_text, process_results  # noqa: F401\n\n\n"
+        f"def doc_to_visual(doc):\n    return {visual}\n"
+    )
+    return folder
+
+
+def _evaluate(lm, folder: Path, name: str, limit: int):
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    tm = TaskManager("WARNING", include_path=str(folder), include_defaults=False)
+    res = simple_evaluate(
+        model=lm, tasks=[name], task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=0, verbosity="WARNING"
+    )
+    return [_resp(s) for s in sorted(res["samples"][name], key=lambda s: s["doc_id"])]
+
+
+def test_batches_equal_one_by_one_and_odd_samples(scene_task, scenes_model, tmp_path):
+    """batch_size > 1 (a text-free method batches; FastV says it cannot) gives the one-by-one answers; a
+    text-only sample is answered unpruned; a sample with two images is a clear error."""
+    from resprune.eval._args import budget
+    from resprune.eval.lmms import ResPruneLMM
+
+    model, processor = scenes_model
+    one = ResPruneLMM(method="divprune", keep=32, loaded=scenes_model, records=str(tmp_path / "one"))
+    many = ResPruneLMM(method="divprune", keep=32, batch_size=4, loaded=scenes_model, records=str(tmp_path / "b"))
+    assert _evaluate(many, scene_task, export.TASK, 8) == _evaluate(one, scene_task, export.TASK, 8)
+    recs = [json.loads(x) for x in (tmp_path / "b" / "records_rank0.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in recs] == [4] * 8 and all(r["visual_tokens_after"] == 32 for r in recs)
+    many.configure("fastv", budget(keep=32), records=str(tmp_path / "fastv"))
+    _evaluate(many, scene_task, export.TASK, 2)
+    recs = [json.loads(x) for x in (tmp_path / "fastv" / "records_rank0.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in recs] == [1, 1]  # in-LLM pruning runs one by one
+
+    text_only = _variant_task(scene_task, tmp_path / "text", "scenes_text_only", "[]")
+    answers = _evaluate(one, text_only, "scenes_text_only", 2)
+    ds = __import__("datasets").load_from_disk(str(scene_task / "data"))["test"]
+    tok = processor.tokenizer
+    for q, got in zip(ds["question"][:2], answers):
+        msgs = [{"role": "user", "content": [{"type": "text", "text": q}]}]
+        ids = tok(processor.apply_chat_template(msgs, add_generation_prompt=True), return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+        want = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        assert got == want.split("\n\n")[0].strip()
+
+    two = _variant_task(scene_task, tmp_path / "two", "scenes_two_images", '[doc["image"], doc["image"]]')
+    with pytest.raises(ValueError, match="doc 0: 2 images; resprune's bridge prunes one image per sample"):
+        _evaluate(one, two, "scenes_two_images", 1)
