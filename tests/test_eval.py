@@ -352,3 +352,32 @@ def test_batches_equal_one_by_one_and_odd_samples(scene_task, scenes_model, tmp_
     two = _variant_task(scene_task, tmp_path / "two", "scenes_two_images", '[doc["image"], doc["image"]]')
     with pytest.raises(ValueError, match="doc 0: 2 images; resprune's bridge prunes one image per sample"):
         _evaluate(one, two, "scenes_two_images", 1)
+
+
+def test_lmms_eval_cli_writes_records_beside_its_output(scene_task, references, tmp_path):
+    """The real ``python -m lmms_eval`` CLI in a fresh process finds ``--model resprune`` by its entry point."""
+    out = tmp_path / "cli"
+    cmd = [
+        sys.executable, "-m", "lmms_eval", "--model", "resprune",
+        "--model_args", "pretrained=scenes,method=divprune,keep=48", "--tasks", export.TASK,
+        "--include_path", str(scene_task), "--output_path", str(out), "--log_samples",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (results,) = out.glob("*/*_results.json")
+    score = json.loads(results.read_text())["results"][export.TASK]["accuracy,none"]
+    ref = references[("divprune", 48)]
+    assert score == pytest.approx(sum(c for _, c in ref) / N_QUESTIONS)
+    recs = (out / "records_rank0.jsonl").read_text().splitlines()
+    assert len(recs) == N_QUESTIONS and json.loads(recs[0])["method"] == "divprune"
+
+
+def test_sweep_budget_above_an_images_tokens_is_one_line(scene_task, tmp_path, capsys, monkeypatch):
+    """Where N varies per image (checked per sample), a too-large keep still ends as one line naming --keep."""
+    from resprune.eval import lmms
+
+    monkeypatch.setattr(lmms, "_fixed_grid", lambda model: False)  # as for LLaVA-NeXT / Qwen2.5-VL
+    argv = ["--methods", "divprune", "--keep", "200", "--tasks", export.TASK, "--include-path", str(scene_task)]
+    assert sweep.main([*argv, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: --keep: keep=200 is larger than the 144 visual tokens of this model's images", err

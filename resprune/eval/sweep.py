@@ -204,6 +204,7 @@ def run(a: argparse.Namespace, log: Any = print) -> list[dict[str, Any]]:
 
         from resprune import ModelLoadError
 
+        from . import lmms
         from .lmms import ResPruneLMM
 
         m0, b0 = todo[0]
@@ -225,7 +226,7 @@ def run(a: argparse.Namespace, log: Any = print) -> list[dict[str, Any]]:
         except (ValueError, OSError) as e:
             where = "--keep" if str(e).startswith("keep=") else f"--model {a.model!r}"
             raise SweepError(f"{where}: {e}") from None
-        if lm.n_probe and type(lm.model).__name__ == "LlavaForConditionalGeneration":
+        if lm.n_probe and lmms._fixed_grid(lm.model):  # one N for every image: check every budget now
             for b in budgets:
                 if b.keep is not None and b.keep > lm.n_probe:
                     raise SweepError(f"--keep: {b.keep} is larger than the {lm.n_probe} visual tokens of {a.model!r}")
@@ -238,15 +239,19 @@ def run(a: argparse.Namespace, log: Any = print) -> list[dict[str, Any]]:
             _barrier()
             lm.configure(m, b, method_hparams(m, hparams, strict=False), records=str(cell))
             log(f"resprune.eval: {m} keep={b.label()} on {', '.join(tasks)}") if rank == 0 else None
-            res = simple_evaluate(
-                model=lm,
-                tasks=tasks,
-                task_manager=tm,
-                limit=a.limit,
-                log_samples=True,
-                bootstrap_iters=0,
-                verbosity="WARNING",
-            )
+            try:
+                res = simple_evaluate(
+                    model=lm,
+                    tasks=tasks,
+                    task_manager=tm,
+                    limit=a.limit,
+                    log_samples=True,
+                    bootstrap_iters=0,
+                    verbosity="WARNING",
+                )
+            except ValueError as e:  # a budget above some image's N (LLaVA-NeXT, Qwen), a sample with two images
+                where = "--keep" if str(e).startswith("keep=") else f"--tasks (cell {m}, keep {b.label()})"
+                raise SweepError(f"{where}: {e}") from None
             lm.clean()
             _barrier()
             if rank == 0:
