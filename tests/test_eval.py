@@ -20,9 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import ImageFile
 
+import resprune
+import resprune.testing
+from resprune import scenes
+from resprune.bench.scenes import normalise
+from resprune.eval import export, import_lmms_eval, sweep
+
+_TRUNCATED = ImageFile.LOAD_TRUNCATED_IMAGES
 try:
-    import lmms_eval  # noqa: F401
+    import_lmms_eval()
 except ImportError:
     if os.environ.get("CI"):
         raise
@@ -31,14 +40,6 @@ except ImportError:
         "pip install --no-deps -r requirements-lmms-eval.txt",
         allow_module_level=True,
     )
-
-import torch
-
-import resprune
-import resprune.testing
-from resprune import scenes
-from resprune.bench.scenes import normalise
-from resprune.eval import export, sweep
 
 N_QUESTIONS = 12
 METHODS = ("resprune", "divprune", "fastv")  # text-aware, text-free, in-LLM (cannot batch)
@@ -88,6 +89,11 @@ def scenes_model():
 @pytest.fixture(scope="module")
 def references(scenes_model):
     return {(m, k): reference_answers(*scenes_model, m, k, N_QUESTIONS) for m in METHODS for k in KEEPS}
+
+
+def test_importing_lmms_eval_leaves_pil_alone():
+    """lmms-eval sets ImageFile.LOAD_TRUNCATED_IMAGES for the process; resprune's image checks need it as it was."""
+    assert ImageFile.LOAD_TRUNCATED_IMAGES == _TRUNCATED
 
 
 def test_export_writes_a_local_datasets_folder(scene_task):

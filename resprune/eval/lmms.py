@@ -86,6 +86,7 @@ class ResPruneLMM(lmms):
         self._model, self.processor = model.eval(), processor
         self.args = args
         self._records_file: Any = None
+        self._records_fresh = True  # the first write of a configuration starts the file anew
         self._warned: set[str] = set()
         self.n_probe = _probe_visual_tokens(model, processor)
         if _fixed_grid(model) and args.budget.keep is not None:
@@ -126,6 +127,7 @@ class ResPruneLMM(lmms):
         if _fixed_grid(self._model) and budget.keep is not None:
             budget.resolve(self.n_probe)
         self._close_records()
+        self._records_fresh = True
         a = self.args
         self.args = BridgeArgs(
             a.pretrained, method, budget, a.newlines, a.query, a.dtype, a.device, a.batch_size, records, hp
@@ -342,7 +344,8 @@ class ResPruneLMM(lmms):
         if self._records_file is None:
             path = self.records_path()
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._records_file = open(path, "a")  # noqa: SIM115 - closed in clean()
+            self._records_file = open(path, "w" if self._records_fresh else "a")  # noqa: SIM115 - closed in clean()
+            self._records_fresh = False
         self._records_file.write(json.dumps(rec) + "\n")
 
     def _flush_records(self) -> None:

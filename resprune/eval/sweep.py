@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import import_lmms_eval, lmms_eval_images
 from ._args import NEWLINES, QUERIES, Budget, budget, method_hparams
 
 COLUMNS = (
@@ -183,7 +184,7 @@ def _dist_init(device: str) -> tuple[int, int]:
 def run(a: argparse.Namespace, log: Any = print) -> list[dict[str, Any]]:
     methods, budgets, hparams = check(a)
     try:
-        import lmms_eval.evaluator  # noqa: F401
+        import_lmms_eval()
     except ImportError as e:
         raise SweepError(
             f"lmms-eval is not installed ({e}): pip install -r requirements-eval.txt && "
@@ -240,15 +241,16 @@ def run(a: argparse.Namespace, log: Any = print) -> list[dict[str, Any]]:
             lm.configure(m, b, method_hparams(m, hparams, strict=False), records=str(cell))
             log(f"resprune.eval: {m} keep={b.label()} on {', '.join(tasks)}") if rank == 0 else None
             try:
-                res = simple_evaluate(
-                    model=lm,
-                    tasks=tasks,
-                    task_manager=tm,
-                    limit=a.limit,
-                    log_samples=True,
-                    bootstrap_iters=0,
-                    verbosity="WARNING",
-                )
+                with lmms_eval_images():
+                    res = simple_evaluate(
+                        model=lm,
+                        tasks=tasks,
+                        task_manager=tm,
+                        limit=a.limit,
+                        log_samples=True,
+                        bootstrap_iters=0,
+                        verbosity="WARNING",
+                    )
             except ValueError as e:  # a budget above some image's N (LLaVA-NeXT, Qwen), a sample with two images
                 where = "--keep" if str(e).startswith("keep=") else f"--tasks (cell {m}, keep {b.label()})"
                 raise SweepError(f"{where}: {e}") from None
