@@ -121,7 +121,7 @@ class BridgeArgs:
     pretrained: str = "scenes"
     method: str = "resprune"
     budget: Budget = field(default_factory=lambda: Budget(keep=64))
-    newlines: str = "drop"
+    newlines: str | None = None  # None: the method's declared default (prune's)
     query: str = "auto"
     dtype: str = "auto"
     device: str = "auto"
@@ -135,7 +135,7 @@ def parse_model_args(
     method: Any = None,
     keep: Any = None,
     keep_ratio: Any = None,
-    newlines: Any = "drop",
+    newlines: Any = None,
     query: Any = "auto",
     dtype: Any = "auto",
     device: Any = "auto",
@@ -152,7 +152,7 @@ def parse_model_args(
     if not isinstance(method, str) or method not in resprune.list_methods():
         raise ValueError(f"method: unknown method {method!r}; available: {', '.join(resprune.list_methods())}")
     b = budget(64 if keep is None and keep_ratio is None else keep, keep_ratio)
-    if newlines not in NEWLINES:
+    if newlines is not None and newlines not in NEWLINES:
         raise ValueError(f"newlines must be one of {NEWLINES}, got {newlines!r}")
     if query not in QUERIES:
         raise ValueError(f"query must be one of {QUERIES}, got {query!r}")

@@ -57,7 +57,7 @@ class ResPruneLMM(lmms):
         method: str | None = None,
         keep: Any = None,
         keep_ratio: Any = None,
-        newlines: str = "drop",
+        newlines: str | None = None,
         query: str = "auto",
         dtype: str = "auto",
         device: str = "auto",

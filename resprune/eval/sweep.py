@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--newlines", default="drop", choices=NEWLINES)
+    p.add_argument("--newlines", default=None, choices=NEWLINES, help="default: the method's declared default")
     p.add_argument("--query", default="auto", choices=QUERIES)
     p.add_argument(
         "--hparam",
