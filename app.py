@@ -56,6 +56,8 @@ log = logging.getLogger("resprune.app")
 MODEL_LOCK = threading.RLock()
 _IMPORT_LOCK = threading.Lock()
 _RUN_DIR_LOCK = threading.Lock()
+FIGURE_THREADS = 2  # figures are drawn on this many threads: in parallel, with bounded per-thread font caches
+_FIGURE_POOL: list[Any] = []
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - lazy constants that need the library (torch) to be imported
@@ -430,6 +432,19 @@ def _vocabulary_notes(model_name: str, prompt: str) -> list[str]:
     ]
 
 
+def draw(fn: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+    """Run a drawing function on the figure threads and return its result.
+
+    Matplotlib keeps font caches per thread; drawn on gradio's many worker threads they made the server's RSS grow
+    with every new thread. A small fixed pool (made on first use) bounds that and still draws in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _IMPORT_LOCK:
+        if not _FIGURE_POOL:
+            _FIGURE_POOL.append(ThreadPoolExecutor(FIGURE_THREADS, thread_name_prefix="resprune-figures"))
+    return _FIGURE_POOL[0].submit(fn, *args, **kwargs).result()
+
+
 def fig_to_image(fig: Any) -> Any:  # noqa: ANN401
     """Render a matplotlib Figure to a PIL image (Agg canvas, no pyplot) and release it."""
     import viz
@@ -531,9 +546,9 @@ def figures_for(run: dict[str, Any]) -> dict[str, Any]:
 
     res, img, ans = run["answer"].result, run["image"], run["answer"]
     return {
-        "overlay": fig_to_image(viz.plot_kept_tokens(img, res, answer=ans.pruned)),
-        "curves": fig_to_image(viz.plot_residual_energy(res)),
-        "relevance_map": fig_to_image(viz.plot_relevance(img, res)),
+        "overlay": draw(lambda: fig_to_image(viz.plot_kept_tokens(img, res, answer=ans.pruned))),
+        "curves": draw(lambda: fig_to_image(viz.plot_residual_energy(res))),
+        "relevance_map": draw(lambda: fig_to_image(viz.plot_relevance(img, res))),
     }
 
 
@@ -597,7 +612,7 @@ def step_image(state: dict[str, Any] | None, step: Any) -> Any:  # noqa: ANN401
     k = res.selections[0].keep
     step = 0 if step is None else _number(step, "step", -math.inf, math.inf)
     t = int(max(0, min(k, step)))
-    return fig_to_image(viz.plot_greedy_step(state["image"], res, t))
+    return draw(lambda: fig_to_image(viz.plot_greedy_step(state["image"], res, t)))
 
 
 @guarded
@@ -606,7 +621,7 @@ def gif_file(state: dict[str, Any] | None) -> str:
     import viz
 
     state = _need_state(state)
-    data = viz.greedy_animation(state["image"], state["answer"].result, max_frames=24)
+    data = draw(viz.greedy_animation, state["image"], state["answer"].result, max_frames=24)
     p = new_run_dir() / "greedy.gif"
     p.write_bytes(data)
     return str(p)
@@ -695,7 +710,7 @@ def on_compare(
             continue
         results[m], answers[m] = a.result, a.pruned
         rows.append([m, a.pruned, f"{1000 * a.stats.get('selection_seconds', 0.0):.1f} ms"])
-    grid = fig_to_image(viz.plot_method_grid(img, results, answers=answers)) if results else None
+    grid = draw(lambda: fig_to_image(viz.plot_method_grid(img, results, answers=answers))) if results else None
     return grid, rows
 
 

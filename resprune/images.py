@@ -14,6 +14,7 @@ import binascii
 import io
 import math
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -160,7 +161,11 @@ def _open_checked(fp: object, name: str, max_pixels: int, notes: list[str]) -> I
     except ImageInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageInputError(f"image: {name!r} is too large to decode safely ({e})") from None
+        px = re.search(r"\((\d+) pixels\)", str(e))  # PIL refuses in open() above 2 x its own limit
+        size = f"{int(px.group(1)) / 1e6:.0f} MP, " if px else ""
+        raise ImageInputError(
+            f"image: {name!r} is too large to decode safely ({size}more than the {max_pixels / 1e6:.0f} MP allowed)"
+        ) from None
     except UnidentifiedImageError:
         raise ImageInputError(f"image: {name!r} is not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
