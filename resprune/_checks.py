@@ -93,5 +93,5 @@ def keep_count(n: int, ratio: float) -> int:
     if count is None or count < 1:
         raise ValueError(f"n must be a positive int (the number of tokens), got {n!r}")
     if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real) and 0 < ratio <= 1):
-        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
+        raise ValueError(f"ratio must be in (0, 1], got {ratio!r} (the kept fraction, a number)")
     return max(1, int(round(count * float(ratio))))
