@@ -3,14 +3,27 @@
 Run ``python app.py`` (offline default model, CPU) and open the printed address. ``build_demo()`` builds the
 Blocks; nothing is loaded at import; every handler below is a plain function over the library
 (``resprune.load_model``, ``resprune.answer``, ``viz.*``), so tests and notebooks can call them directly.
+
+Reliability rules (README, "Limits and safety"): every image goes through ``resprune.images.load_image`` (pixel,
+aspect-ratio and file-size limits checked from the header; the upload component hands over the raw file);
+instructions are limited in characters and in tokens for the chosen model; model load and inference hold one lock
+(one model, one writer); every handler runs inside one error boundary (library errors become their message,
+anything else a generic message and a server log line); per-run files live in gradio's cache, bounded in number
+and removed by ``delete_cache``.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
-import tempfile
+import logging
+import math
+import re
+import shutil
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +40,101 @@ except Exception:  # noqa: BLE001 - not on a Space
 
 
 DEFAULT_MODEL = "scenes"
-DEFAULT_METHOD = "resprune"
 DEFAULT_KEEP_PERCENT = 25
 MAX_INSTRUCTION_CHARS = 1000
 MAX_NEW_TOKENS = 24
+ALPHA_RANGE = (0.0, 2.0)  # the alpha slider's range; the API is held to it too
+DELETE_CACHE = (600, 3600)  # gradio's cache: every 10 min, delete the files this app made more than 1 h ago
+MAX_RUN_DIRS = 200  # per-run download folders kept at most (oldest removed first), on top of DELETE_CACHE
 EXAMPLES_DIR = Path(__file__).parent / "assets" / "examples"
 TITLE = "resprune: what does the model still see after visual-token pruning?"
+
+log = logging.getLogger("resprune.app")
+
+# One model, one writer: model loads and everything that runs the model (token counts, answers, FastV hooks)
+# hold this lock; figures are drawn outside it. Re-entrant so a handler may call another one.
+MODEL_LOCK = threading.RLock()
+_IMPORT_LOCK = threading.Lock()
+_RUN_DIR_LOCK = threading.Lock()
+FIGURE_THREADS = 2  # figures are drawn on this many threads: in parallel, with bounded per-thread font caches
+_FIGURE_POOL: list[Any] = []
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - lazy constants that need the library (torch) to be imported
+    if name == "DEFAULT_METHOD":
+        import resprune
+
+        return resprune.DEFAULT_METHOD
+    raise AttributeError(f"module 'app' has no attribute {name!r}")
+
+
+def _imports() -> None:
+    """Import the library and viz once, under a lock: concurrent first imports in worker threads race."""
+    with _IMPORT_LOCK:
+        import resprune  # noqa: F401
+        import resprune.images  # noqa: F401
+        import viz  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The error boundary
+
+_PATH_RE = re.compile(r"(?<![\w.:/])(?:[A-Za-z]:)?(?:[/\\][\w.\-~+@]+)+[/\\]?")
+
+
+def _scrub(msg: str, limit: int = 600) -> str:
+    """Drop folders from any path in ``msg`` (a file keeps its base name) and cap its length."""
+
+    def base(m: re.Match) -> str:
+        parts = [p for p in re.split(r"[/\\]", m.group(0)) if p]
+        return parts[-1] if parts and "." in parts[-1] else "…"
+
+    msg = _PATH_RE.sub(base, str(msg))
+    return msg if len(msg) <= limit else msg[: limit - 1] + "…"
+
+
+def _library_error(e: BaseException) -> bool:
+    """An error the library raised on purpose (its messages name the argument): shown to the user."""
+    from resprune.images import ImageInputError
+    from resprune.loading import ModelLoadError
+
+    if isinstance(e, (ImageInputError, ModelLoadError)):
+        return True
+    if not isinstance(e, (ValueError, TypeError)):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    origin = Path(tb.tb_frame.f_code.co_filename).resolve() if tb is not None else None
+    import resprune
+
+    lib = Path(resprune.__file__).resolve().parent
+    return origin is not None and lib in origin.parents
+
+
+def guarded(fn: Any) -> Any:  # noqa: ANN401
+    """The error boundary around a handler's whole body: ``gr.Error`` passes; a library error becomes a ``gr.Error``
+    with its (path-free) message; anything else a generic message, with the traceback in the server log."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        try:
+            _imports()
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - the boundary
+            if _library_error(e):
+                raise gr.Error(_scrub(str(e)), title="Cannot run this input") from None
+            ref = uuid.uuid4().hex[:8]
+            log.exception("unexpected error in %s (ref %s)", fn.__name__, ref)
+            raise gr.Error(
+                f"Something went wrong on the server (reference {ref}); the error has been logged. "
+                "Try another input or setting.",
+                title="Internal error",
+            ) from None
+
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -65,34 +167,35 @@ def method_choices() -> list[tuple[str, str]]:
 
 @functools.lru_cache(maxsize=2)
 def get_model(name: str) -> tuple[Any, Any]:
-    """Load (once per process) and return ``(model, processor)``."""
+    """Load (once per process) and return ``(model, processor)``; call it under ``MODEL_LOCK``."""
     import resprune
 
     return resprune.load_model(name)
 
 
-def _load(name: str, progress: Any = None) -> tuple[Any, Any]:
-    if progress is not None and get_model.cache_info().currsize == 0:
-        progress(0.05, desc=f"Loading model {name!r} (first run only)…")
-    try:
-        return get_model(name)
-    except Exception as e:  # noqa: BLE001 - the loader's message names the model and what to do
-        raise gr.Error(f"Could not load model {name!r}: {e}", title="Model not available") from None
+def _load(name: str, progress: Any = None) -> tuple[Any, Any]:  # noqa: ANN401
+    with MODEL_LOCK:  # concurrent first requests load once (and never import transformers in two threads)
+        if progress is not None and get_model.cache_info().currsize == 0:
+            progress(0.05, desc=f"Loading model {name!r} (first run only)…")
+        try:
+            return get_model(name)
+        except Exception as e:  # noqa: BLE001 - the loader's message names the model and what to do
+            raise gr.Error(f"Could not load model {name!r}: {_scrub(str(e))}", title="Model not available") from None
 
 
-def check_image(image: Any) -> tuple[Any, tuple[str, ...]]:
-    """Validate an uploaded image (path, PIL or array): ``(rgb_pil, notes)`` or a ``gr.Error``."""
+def check_image(image: Any) -> tuple[Any, tuple[str, ...]]:  # noqa: ANN401
+    """Validate an image (path, data: URL, bytes, PIL or array): ``(rgb_pil, notes)`` or a ``gr.Error``."""
     from resprune.images import ImageInputError, load_image
 
     try:
         loaded = load_image(image)
     except ImageInputError as e:
-        raise gr.Error(str(e), title="Image problem") from None
+        raise gr.Error(_scrub(str(e)), title="Image problem") from None
     return loaded.image, loaded.notes
 
 
-def check_instruction(text: Any) -> str:
-    """A non-empty instruction of at most ``MAX_INSTRUCTION_CHARS`` characters, or a ``gr.Error``."""
+def check_instruction(text: Any) -> str:  # noqa: ANN401
+    """A non-empty instruction of at most ``MAX_INSTRUCTION_CHARS`` characters of valid text, or a ``gr.Error``."""
     text = (text or "").strip() if isinstance(text, str) else ""
     if not text:
         raise gr.Error("The instruction is empty: type a question about the image.", title="No instruction")
@@ -101,14 +204,84 @@ def check_instruction(text: Any) -> str:
             f"The instruction has {len(text):,} characters; the limit is {MAX_INSTRUCTION_CHARS:,}.",
             title="Instruction too long",
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise gr.Error(
+            f"The instruction contains an invalid character (an unpaired surrogate, U+{ord(text[e.start]):04X}, "
+            f"at position {e.start}); retype or paste it again.",
+            title="Instruction problem",
+        ) from None
     return text
 
 
-def budget(n_tokens: int, keep_percent: float, keep_tokens: float | None) -> int:
-    """The token budget K: ``keep_tokens`` when given (> 0), else ``keep_percent`` % of ``n_tokens``."""
+def _chat_text(processor: Any, prompt: str) -> str:  # noqa: ANN401
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(msgs, add_generation_prompt=True)
+
+
+def check_markers(processor: Any, prompt: str, model_name: str) -> None:  # noqa: ANN401
+    """Refuse an instruction holding one of the model's reserved markers (image placeholder, special or added
+    tokens of its chat format): the processor would count it as an image or the template would break."""
+    tok = processor.tokenizer
+    markers = {str(t) for t in getattr(tok, "added_tokens_decoder", {}).values()}
+    markers |= set(getattr(tok, "all_special_tokens", ()))
+    markers |= {getattr(processor, a, None) for a in ("image_token", "video_token")}
+    found = sorted(m for m in markers if isinstance(m, str) and m.strip() and m in prompt)
+    if found:
+        raise gr.Error(
+            f"The instruction contains {found[0]!r}, a marker model {model_name!r} reserves for the image or the chat "
+            "format; remove it.",
+            title="Instruction problem",
+        )
+
+
+def check_prompt_fits(model: Any, processor: Any, prompt: str, n_visual: int, model_name: str) -> None:  # noqa: ANN401
+    """Refuse an instruction that does not fit the model's context with its ``n_visual`` image tokens, the chat
+    template and ``MAX_NEW_TOKENS`` answer tokens."""
+    tok = processor.tokenizer
+    cfg = model.config
+    ctx = getattr(getattr(cfg, "text_config", cfg), "max_position_embeddings", None)
+    if not ctx:
+        return
+    ids = tok(_chat_text(processor, prompt)).input_ids
+    placeholders = sum(1 for i in ids if i == getattr(cfg, "image_token_id", None))
+    total = len(ids) - placeholders + n_visual + MAX_NEW_TOKENS
+    if total > ctx:
+        q = len(tok(prompt, add_special_tokens=False).input_ids)
+        room = max(0, q - (total - ctx))
+        raise gr.Error(
+            f"The instruction is {q:,} tokens long for model {model_name!r}; with its {n_visual} image tokens, the "
+            f"chat template and up to {MAX_NEW_TOKENS} answer tokens that makes {total:,}, more than the model's "
+            f"context of {ctx:,} tokens. Shorten it to at most {room:,} tokens.",
+            title="Instruction too long",
+        )
+
+
+def _number(value: Any, name: str, lo: float, hi: float, *, integer: bool = False) -> float:  # noqa: ANN401
+    """``value`` as a finite number in ``[lo, hi]`` (booleans, text and non-integers refused), or a ``gr.Error``."""
+    what = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise gr.Error(f"{name} must be {what} between {lo:g} and {hi:g}, got {value!r}.", title="Bad setting")
+    if integer and not float(value).is_integer():
+        raise gr.Error(f"{name} must be a whole number of tokens, got {value!r}.", title="Bad budget")
+    if not lo <= value <= hi:
+        raise gr.Error(f"{name} must be between {lo:g} and {hi:g}, got {value!r}.", title="Bad setting")
+    return float(value)
+
+
+def budget(n_tokens: int, keep_percent: Any, keep_tokens: Any) -> int:  # noqa: ANN401
+    """The token budget K: ``keep_tokens`` when given (> 0), else ``keep_percent`` % of ``n_tokens``.
+
+    Booleans, text, NaN / inf and non-integer token counts are refused, never rounded."""
     import resprune
 
-    if keep_tokens not in (None, 0, 0.0):
+    if keep_tokens is not None and not (type(keep_tokens) in (int, float) and keep_tokens == 0):
+        if isinstance(keep_tokens, bool) or not isinstance(keep_tokens, (int, float)) or not math.isfinite(keep_tokens):
+            raise gr.Error(
+                f"The budget must be a whole number of tokens, got {keep_tokens!r}.",
+                title="Bad budget",
+            )
         k = keep_tokens
         if isinstance(k, float):
             if not k.is_integer():
@@ -122,69 +295,113 @@ def budget(n_tokens: int, keep_percent: float, keep_tokens: float | None) -> int
                 title="Bad budget",
             )
         return int(k)
-    if keep_percent is None or not (0 < float(keep_percent) <= 100):
-        raise gr.Error(f"The budget must be between 1 and 100 %, got {keep_percent}.", title="Bad budget")
+    if (
+        isinstance(keep_percent, bool)
+        or not isinstance(keep_percent, (int, float))
+        or not (0 < float(keep_percent) <= 100)  # NaN fails this too
+    ):
+        raise gr.Error(f"The budget must be between 1 and 100 %, got {keep_percent!r}.", title="Bad budget")
     return resprune.keep_count(n_tokens, float(keep_percent) / 100)
 
 
+def check_alpha(alpha: Any) -> float | None:  # noqa: ANN401
+    """``None`` (the method's default) or a number in ``ALPHA_RANGE``."""
+    return None if alpha is None else _number(alpha, "alpha", *ALPHA_RANGE)
+
+
 def method_params(method: str, alpha: float | None, seed_rule: str | None) -> dict[str, Any]:
-    """Hyperparameters from the UI for ``method`` (alpha and the seed rule apply to ResPrune only)."""
-    if method != "resprune":
-        return {}
+    """The UI's hyperparameters that ``method`` takes, from the registry: ``alpha`` where it is a hparam, the seed
+    rule where ``seed`` is a hparam whose default is a rule name (a string), not a random seed (an int)."""
+    import resprune
+
+    info = resprune.method_info(method)
     params: dict[str, Any] = {}
-    if alpha is not None:
+    if alpha is not None and "alpha" in info.hparams:
         params["alpha"] = float(alpha)
-    if seed_rule:
-        params["seed"] = seed_rule
+    if seed_rule and "seed" in info.hparams:
+        default = inspect.signature(info.fn).parameters["seed"].default
+        if isinstance(default, str):
+            params["seed"] = seed_rule
     return params
 
 
 @gpu
-def _answer(model: Any, processor: Any, image: Any, prompt: str, method: str, keep: int, compare: bool, **hp: Any):
+def _answer(model: Any, processor: Any, image: Any, prompt: str, method: str, keep: int, compare: bool, **hp: Any):  # noqa: ANN201, ANN401
     import resprune
 
-    return resprune.answer(
-        model, processor, image, prompt, method=method, keep=keep, max_new_tokens=MAX_NEW_TOKENS, compare=compare, **hp
-    )
+    with MODEL_LOCK:  # FastV puts hooks on the shared model for the length of a call
+        return resprune.answer(
+            model,
+            processor,
+            image,
+            prompt,
+            method=method,
+            keep=keep,
+            max_new_tokens=MAX_NEW_TOKENS,
+            compare=compare,
+            **hp,
+        )
 
 
-def _n_visual_tokens(model: Any, processor: Any, image: Any, prompt: str) -> int:
+def _n_visual_tokens(model: Any, processor: Any, image: Any, prompt: str) -> int:  # noqa: ANN401
     """Visual tokens the model makes of ``image`` (a keep-all dry run would be too slow; ask the processor)."""
     import resprune
 
-    return resprune.count_visual_tokens(model, processor, image, prompt)
+    with MODEL_LOCK:
+        return resprune.count_visual_tokens(model, processor, image, prompt)
 
 
+def _check_method(method: Any) -> str:  # noqa: ANN401
+    import resprune
+
+    if not isinstance(method, str) or method not in resprune.list_methods():
+        raise gr.Error(
+            f"Unknown method {method!r}; choose one of {', '.join(resprune.list_methods())}.", title="Bad setting"
+        )
+    return method
+
+
+def _prepare(image: Any, instruction: Any, model_name: str, keep_percent: Any, keep_tokens: Any, progress: Any):  # noqa: ANN202, ANN401
+    """The shared front half of every model endpoint: image, instruction, model, N, token fit and budget K."""
+    img, notes = check_image(image)
+    prompt = check_instruction(instruction)
+    model, processor = _load(model_name, progress)
+    check_markers(processor, prompt, model_name)
+    n = _n_visual_tokens(model, processor, img, prompt)
+    check_prompt_fits(model, processor, prompt, n, model_name)
+    keep = budget(n, keep_percent, keep_tokens)
+    return img, notes, prompt, model, processor, n, keep
+
+
+@guarded
 def run_answer(
-    image: Any,
-    instruction: Any,
+    image: Any,  # noqa: ANN401
+    instruction: Any,  # noqa: ANN401
     model_name: str,
     method: str,
-    keep_percent: float,
-    keep_tokens: float | None,
-    alpha: float | None,
+    keep_percent: Any,  # noqa: ANN401
+    keep_tokens: Any,  # noqa: ANN401
+    alpha: Any,  # noqa: ANN401
     seed_rule: str | None,
     *,
     compare: bool = True,
-    progress: Any = None,
+    progress: Any = None,  # noqa: ANN401
 ) -> dict[str, Any]:
     """Validate the inputs, run the pruned (and unpruned) model; returns a dict with the answer and the record."""
-    import resprune
-
-    img, notes = check_image(image)
-    prompt = check_instruction(instruction)
-    if method not in resprune.list_methods():
-        raise gr.Error(f"Unknown method {method!r}; choose one of {', '.join(resprune.list_methods())}.")
-    model, processor = _load(model_name, progress)
-    n = _n_visual_tokens(model, processor, img, prompt)
-    keep = budget(n, keep_percent, keep_tokens)
+    method = _check_method(method)
+    alpha = check_alpha(alpha)
+    img, notes, prompt, model, processor, n, keep = _prepare(
+        image, instruction, model_name, keep_percent, keep_tokens, progress
+    )
     if progress is not None:
         progress(0.3, desc=f"Running {method} at {keep}/{n} tokens…")
     t0 = time.perf_counter()
     try:
         ans = _answer(model, processor, img, prompt, method, keep, compare, **method_params(method, alpha, seed_rule))
     except (ValueError, TypeError) as e:
-        raise gr.Error(str(e), title="Cannot run this setting") from None
+        if not _library_error(e):
+            raise
+        raise gr.Error(_scrub(str(e)), title="Cannot run this setting") from None
     notes = notes + tuple(_vocabulary_notes(model_name, prompt))
     return {
         "image": img,
@@ -215,8 +432,26 @@ def _vocabulary_notes(model_name: str, prompt: str) -> list[str]:
     ]
 
 
-def fig_to_image(fig: Any) -> Any:
+def draw(fn: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+    """Run a drawing function on the figure threads and return its result.
+
+    Matplotlib keeps font caches per thread; drawn on gradio's many worker threads they made the server's RSS grow
+    with every new thread. A small fixed pool (made on first use) bounds that and still draws in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _IMPORT_LOCK:
+        if not _FIGURE_POOL:
+            _FIGURE_POOL.append(ThreadPoolExecutor(FIGURE_THREADS, thread_name_prefix="resprune-figures"))
+    return _FIGURE_POOL[0].submit(fn, *args, **kwargs).result()
+
+
+def fig_to_image(fig: Any) -> Any:  # noqa: ANN401
     """Render a matplotlib Figure to a PIL image (Agg canvas, no pyplot) and release it."""
+    import viz
+
+    to_image = getattr(viz, "to_image", None)
+    if to_image is not None:
+        return to_image(fig)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
@@ -245,15 +480,15 @@ def stats_rows(stats: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _num(x: Any) -> str:
+def _num(x: Any) -> str:  # noqa: ANN401
     return "" if x is None else f"{x:,}" if isinstance(x, int) else f"{x:,.4g}"
 
 
-def _ms(x: Any) -> str:
+def _ms(x: Any) -> str:  # noqa: ANN401
     return "" if x is None else f"{1000 * x:.1f} ms"
 
 
-def _bytes(x: Any) -> str:
+def _bytes(x: Any) -> str:  # noqa: ANN401
     return "" if x is None else f"{x / 2**20:.2f} MiB" if x >= 2**20 else f"{x / 1024:.1f} KiB"
 
 
@@ -311,15 +546,45 @@ def figures_for(run: dict[str, Any]) -> dict[str, Any]:
 
     res, img, ans = run["answer"].result, run["image"], run["answer"]
     return {
-        "overlay": fig_to_image(viz.plot_kept_tokens(img, res, answer=ans.pruned)),
-        "curves": fig_to_image(viz.plot_residual_energy(res)),
-        "relevance": fig_to_image(viz.plot_relevance(img, res)),
+        "overlay": draw(lambda: fig_to_image(viz.plot_kept_tokens(img, res, answer=ans.pruned))),
+        "curves": draw(lambda: fig_to_image(viz.plot_residual_energy(res))),
+        "relevance_map": draw(lambda: fig_to_image(viz.plot_relevance(img, res))),
     }
 
 
+def runs_root() -> Path:
+    """Where per-run files go: a folder inside gradio's cache, so ``delete_cache`` removes them (made on first use,
+    never at import)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()) / "resprune-runs"
+
+
+def new_run_dir() -> Path:
+    """A fresh folder for one run's files; keeps at most ``MAX_RUN_DIRS`` of them (oldest and empty ones go)."""
+    root = runs_root()
+    with _RUN_DIR_LOCK:
+        root.mkdir(parents=True, exist_ok=True)
+        dirs = []
+        for d in root.iterdir():
+            try:
+                if not any(d.iterdir()):  # emptied by gradio's delete_cache
+                    d.rmdir()
+                    continue
+                dirs.append((d.stat().st_mtime, d))
+            except OSError:
+                continue
+        dirs.sort()
+        for _, d in dirs[: max(0, len(dirs) - MAX_RUN_DIRS + 1)]:
+            shutil.rmtree(d, ignore_errors=True)
+        out = root / uuid.uuid4().hex
+        out.mkdir()
+    return out
+
+
 def write_downloads(run: dict[str, Any], figures: dict[str, Any]) -> list[str]:
-    """PNG of every figure and the selection JSON, in a fresh temporary folder; returns the file paths."""
-    out = Path(tempfile.mkdtemp(prefix="resprune-"))
+    """PNG of every figure and the selection JSON, in a fresh run folder (``new_run_dir``); returns the file paths."""
+    out = new_run_dir()
     paths = []
     for name, im in figures.items():
         p = out / f"{run['method']}_{name}.png"
@@ -331,37 +596,57 @@ def write_downloads(run: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     return paths
 
 
-def step_image(state: dict[str, Any] | None, step: float) -> Any:
+def _need_state(state: Any) -> dict[str, Any]:  # noqa: ANN401
+    if not isinstance(state, dict) or "answer" not in state or "image" not in state:
+        raise gr.Error("Run the model first; the step-through replays its selection.", title="Nothing to show")
+    return state
+
+
+@guarded
+def step_image(state: dict[str, Any] | None, step: Any) -> Any:  # noqa: ANN401
     """The greedy step-through figure after ``step`` picks, from the stored run (no model call)."""
     import viz
 
-    if not state:
-        raise gr.Error("Run the model first; the step-through replays its selection.", title="Nothing to show")
+    state = _need_state(state)
     res = state["answer"].result
     k = res.selections[0].keep
-    t = int(max(0, min(k, step or 0)))
-    return fig_to_image(viz.plot_greedy_step(state["image"], res, t))
+    step = 0 if step is None else _number(step, "step", -math.inf, math.inf)
+    t = int(max(0, min(k, step)))
+    return draw(lambda: fig_to_image(viz.plot_greedy_step(state["image"], res, t)))
 
 
-def gif_file(state: dict[str, Any]) -> str:
+@guarded
+def gif_file(state: dict[str, Any] | None) -> str:
+    """The whole greedy selection as a GIF file (in a run folder), from the stored run."""
     import viz
 
-    data = viz.greedy_animation(state["image"], state["answer"].result, max_frames=24)
-    p = Path(tempfile.mkdtemp(prefix="resprune-")) / "greedy.gif"
+    state = _need_state(state)
+    data = draw(viz.greedy_animation, state["image"], state["answer"].result, max_frames=24)
+    p = new_run_dir() / "greedy.gif"
     p.write_bytes(data)
     return str(p)
 
 
+def _slim_state(run: dict[str, Any]) -> dict[str, Any]:
+    """What the step-through needs, kept per session: no model inputs (embeddings, pixel values) and no hooks."""
+    import dataclasses
+
+    ans = run["answer"]
+    res = dataclasses.replace(ans.result, generate_kwargs={}, context=None)
+    return dict(run, answer=dataclasses.replace(ans, result=res))
+
+
+@guarded
 def on_run(
-    image: Any,
-    instruction: Any,
+    image: Any,  # noqa: ANN401
+    instruction: Any,  # noqa: ANN401
     model_name: str,
     method: str,
-    keep_percent: float,
-    keep_tokens: float | None,
-    alpha: float | None,
+    keep_percent: Any,  # noqa: ANN401
+    keep_tokens: Any,  # noqa: ANN401
+    alpha: Any,  # noqa: ANN401
     seed_rule: str | None,
-    progress: Any = gr.Progress(),  # noqa: B008 - gradio injects progress through the default
+    progress: Any = gr.Progress(),  # noqa: B008, ANN401 - gradio injects progress through the default
 ) -> tuple:
     """The Run button: answers, figures, stats, downloads, and the state for the step-through."""
     run = run_answer(
@@ -379,6 +664,7 @@ def on_run(
         f"**{run['method']}** kept **{k} of {run['n']}** visual tokens · query words: {words} · {run['seconds']:.2f} s"
     )
     notes = "\n".join(f"- {n}" for n in run["notes"])
+    state = _slim_state(run)
     return (
         ans.pruned,
         ans.unpruned or "",
@@ -386,32 +672,31 @@ def on_run(
         info + ("\n\n" + notes if notes else ""),
         figs["overlay"],
         figs["curves"],
-        figs["relevance"],
+        figs["relevance_map"],
         stats_rows(ans.stats),
         gr.update(maximum=k, value=min(k, max(1, k // 4)), interactive=True),
-        step_image(run, min(k, max(1, k // 4))),
+        step_image(state, min(k, max(1, k // 4))),
         files,
-        run,
+        state,
     )
 
 
+@guarded
 def on_compare(
-    image: Any,
-    instruction: Any,
+    image: Any,  # noqa: ANN401
+    instruction: Any,  # noqa: ANN401
     model_name: str,
-    keep_percent: float,
-    keep_tokens: float | None,
-    progress: Any = gr.Progress(),  # noqa: B008 - gradio injects progress through the default
+    keep_percent: Any,  # noqa: ANN401
+    keep_tokens: Any,  # noqa: ANN401
+    progress: Any = gr.Progress(),  # noqa: B008, ANN401 - gradio injects progress through the default
 ) -> tuple:
     """All methods at the same budget on the same input: a grid of overlays with their answers."""
     import resprune
     import viz
 
-    img, _ = check_image(image)
-    prompt = check_instruction(instruction)
-    model, processor = _load(model_name, progress)
-    n = _n_visual_tokens(model, processor, img, prompt)
-    keep = budget(n, keep_percent, keep_tokens)
+    img, _, prompt, model, processor, _, keep = _prepare(
+        image, instruction, model_name, keep_percent, keep_tokens, progress
+    )
     results, answers, rows = {}, {}, []
     methods = resprune.list_methods()
     for i, m in enumerate(methods):
@@ -419,35 +704,52 @@ def on_compare(
         try:
             a = _answer(model, processor, img, prompt, m, keep, False)
         except (ValueError, TypeError) as e:
-            rows.append([m, "", f"not available: {e}"])
+            if not _library_error(e):
+                raise
+            rows.append([m, "", f"not available: {_scrub(str(e), 200)}"])
             continue
         results[m], answers[m] = a.result, a.pruned
         rows.append([m, a.pruned, f"{1000 * a.stats.get('selection_seconds', 0.0):.1f} ms"])
-    grid = fig_to_image(viz.plot_method_grid(img, results, answers=answers)) if results else None
+    grid = draw(lambda: fig_to_image(viz.plot_method_grid(img, results, answers=answers))) if results else None
     return grid, rows
 
 
-def on_new_scene(seed: float | None = None) -> tuple:
+@guarded
+def on_new_scene(seed: Any = None) -> tuple:  # noqa: ANN401
     """Draw a fresh scene from the scene world, with a suggested question."""
     import random
 
     from resprune import scenes
 
-    s = int(seed) if seed not in (None, 0) else random.randrange(10**6, 10**7)
+    s = int(_number(seed, "seed", 0, 2**31 - 1, integer=True)) if seed not in (None, 0) else None
+    s = s or random.randrange(10**6, 10**7)
     scene = scenes.sample(s)
     q = scene.questions[0]
     return scene.image, q.text, f"Scene #{s}; the expected answer is **{q.answer}** ({q.type})."
 
 
+@guarded
 def api_answer(
-    image: Any, instruction: Any, model_name: str | None, method: str | None, keep: float | None, alpha: float | None
+    image: Any,  # noqa: ANN401
+    instruction: Any,  # noqa: ANN401
+    model_name: str | None,
+    method: str | None,
+    keep: Any,  # noqa: ANN401
+    alpha: Any,  # noqa: ANN401
 ) -> dict[str, Any]:
-    """API endpoint ``/answer``: one JSON object with the answers, kept indices and stats."""
+    """API endpoint ``/answer``: one JSON object with the answers, kept indices and stats.
+
+    ``keep`` is a whole number of tokens >= 1, or ``None`` for ``DEFAULT_KEEP_PERCENT`` %; ``alpha`` a number in
+    ``ALPHA_RANGE`` or ``None`` for the method's default."""
+    import resprune
+
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float)) or not keep >= 1):
+        raise gr.Error(f"keep must be a whole number of tokens (at least 1), got {keep!r}.", title="Bad budget")
     run = run_answer(
         image,
         instruction,
         model_name or DEFAULT_MODEL,
-        method or DEFAULT_METHOD,
+        method or resprune.DEFAULT_METHOD,
         DEFAULT_KEEP_PERCENT,
         keep,
         alpha,
@@ -472,19 +774,72 @@ def api_answer(
 
 
 class UploadImage(gr.Image):
-    """gr.Image whose upload errors (not an image, corrupt, too large) become a visible message, not a crash."""
+    """gr.Image that hands the raw upload to the handler (a file path, or the ``data:`` URL as sent), undecoded and
+    unconverted, so ``resprune.images`` applies its size rule from the header and reports its own mode notes."""
 
     is_template = True  # use gr.Image's frontend
 
-    def preprocess(self, payload: Any) -> Any:
+    def preprocess(self, payload: Any) -> Any:  # noqa: ANN401
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None)
+        if isinstance(url, str) and url.startswith("data:"):
+            return url  # decoded by resprune.images.load_image, with its size limits
+        path = getattr(payload, "path", None)
+        if not path:
+            raise gr.Error("The image upload carried no file; upload it again.", title="Image problem")
+        return str(path)
+
+
+class RawNumber(gr.Number):
+    """gr.Number that passes the value as sent (no rounding, no bound check that fails without a message): the
+    handler validates it and names the argument."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:  # noqa: ANN401
+        return payload
+
+
+class RawSlider(gr.Slider):
+    """gr.Slider that passes the value as sent; the handler validates it."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:  # noqa: ANN401
+        return payload
+
+
+class Demo(gr.Blocks):
+    """The app's Blocks: input errors raised before a handler runs (a file path that was never uploaded, a payload
+    of the wrong shape) become messages; ``launch`` sets the upload size limit."""
+
+    async def preprocess_data(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
         try:
-            return super().preprocess(payload)
+            return await super().preprocess_data(*args, **kwargs)
         except gr.Error:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - no bare "Error" for a malformed request
+            from gradio.exceptions import InvalidPathError
+
+            log.info("refused request input: %s: %s", type(e).__name__, _scrub(str(e)))
+            if isinstance(e, InvalidPathError) or isinstance(e.__cause__, InvalidPathError):
+                raise gr.Error(
+                    "A file argument must be uploaded to this server first (gradio_client's handle_file does it); "
+                    "paths on the server are not read.",
+                    title="File refused",
+                ) from None
             raise gr.Error(
-                f"The uploaded file could not be read as an image ({type(e).__name__}: {e}).", title="Image problem"
+                f"An argument of this request could not be read ({type(e).__name__}); see the endpoint's API page "
+                "for the expected types.",
+                title="Bad request",
             ) from None
+
+    def launch(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        from resprune.images import MAX_FILE_BYTES
+
+        kwargs.setdefault("max_file_size", MAX_FILE_BYTES)
+        return super().launch(*args, **kwargs)
 
 
 def _examples() -> list[list[str]]:
@@ -496,9 +851,15 @@ def _examples() -> list[list[str]]:
     return out
 
 
-def build_demo() -> gr.Blocks:
-    """The app's Blocks (nothing is loaded until the first request)."""
-    with gr.Blocks(title="resprune") as demo:
+def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blocks:
+    """The app's Blocks (nothing is loaded until the first request).
+
+    Args:
+        delete_cache: gradio's ``(frequency, age)`` in seconds for removing the files this app put in its cache.
+    """
+    import resprune
+
+    with Demo(title="resprune demo", delete_cache=delete_cache) as demo:
         gr.Markdown(
             f"# {TITLE}\nUpload an image (or draw a scene), ask a question, and compare the answer of the "
             "pruned model with the unpruned one. The pictures show which visual tokens survived, how much "
@@ -507,20 +868,22 @@ def build_demo() -> gr.Blocks:
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                image = UploadImage(type="filepath", label="Image", height=320, sources=["upload", "clipboard"])
+                image = UploadImage(
+                    type="filepath", image_mode=None, label="Image", height=320, sources=["upload", "clipboard"]
+                )
                 instruction = gr.Textbox(label="Instruction", value="What colour is the circle?", lines=2, max_lines=6)
                 with gr.Row():
                     new_scene = gr.Button("New scene")
                     run_btn = gr.Button("Run", variant="primary")
                 scene_info = gr.Markdown()
                 model = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model")
-                method = gr.Dropdown(method_choices(), value=DEFAULT_METHOD, label="Method")
-                keep_percent = gr.Slider(
+                method = gr.Dropdown(method_choices(), value=resprune.DEFAULT_METHOD, label="Method")
+                keep_percent = RawSlider(
                     1, 100, value=DEFAULT_KEEP_PERCENT, step=1, label="Budget (% of visual tokens)"
                 )
-                keep_tokens = gr.Number(value=0, precision=0, minimum=0, label="Budget in tokens (0: use the %)")
-                with gr.Accordion("ResPrune settings", open=False):
-                    alpha = gr.Slider(0, 2, value=0.75, step=0.05, label="alpha (text guidance strength)")
+                keep_tokens = RawNumber(value=0, precision=0, minimum=0, label="Budget in tokens (0: use the %)")
+                with gr.Accordion("Method settings (used by the methods that take them)", open=False):
+                    alpha = RawSlider(*ALPHA_RANGE, value=0.75, step=0.05, label="alpha (text guidance strength)")
                     seed_rule = gr.Radio(
                         ["auto", "max_norm", "weighted"],
                         value="auto",
@@ -543,7 +906,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Tab("Text relevance"):
                         relevance = gr.Image(label="Text-relevance heatmap", type="pil", interactive=False)
                     with gr.Tab("Greedy step-through"):
-                        step = gr.Slider(0, 1, value=0, step=1, label="Picks shown", interactive=False)
+                        step = RawSlider(0, 1, value=0, step=1, label="Picks shown", interactive=False)
                         step_img = gr.Image(label="Selection after t picks", type="pil", interactive=False)
                         gif_btn = gr.Button("Make the animation (GIF)")
                         gif = gr.Image(label="All steps", type="filepath", interactive=False)
@@ -561,7 +924,7 @@ def build_demo() -> gr.Blocks:
                 )
                 with gr.Accordion("API result (JSON)", open=False):
                     api_json = gr.JSON()
-                    api_keep = gr.Number(value=36, precision=0, label="keep (tokens)", visible=False)
+                    api_keep = RawNumber(value=36, precision=0, label="keep (tokens)", visible=False)
 
         inputs = [image, instruction, model, method, keep_percent, keep_tokens, alpha, seed_rule]
         run_btn.click(
@@ -593,7 +956,21 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-demo = None if __name__ != "__main__" else build_demo()
+def main(argv: list[str] | None = None) -> None:
+    """``python app.py [--host H] [--port P] [--delete-cache FREQ AGE]``: build and launch the app."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="resprune demo")
+    p.add_argument("--host", default=None, help="address to bind (default: gradio's, 127.0.0.1 outside a Space)")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--delete-cache", type=int, nargs=2, default=DELETE_CACHE, metavar=("FREQ", "AGE"))
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    build_demo(delete_cache=tuple(a.delete_cache)).launch(server_name=a.host, server_port=a.port)
+
+
+demo = None
 
 if __name__ == "__main__":
-    demo.launch()
+    main()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 import warnings
 
 import torch
+
+_F32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def check_tokens(tokens: object, name: str = "tokens") -> torch.Tensor:
@@ -19,11 +24,20 @@ def check_tokens(tokens: object, name: str = "tokens") -> torch.Tensor:
         raise ValueError(f"{name} has no features: got shape {tuple(tokens.shape)}, need D >= 1")
     if not (tokens.is_floating_point()):
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {tokens.dtype}")
-    t = tokens.detach().to(torch.float32)
-    if not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).any(dim=1).sum())
-        raise ValueError(f"{name} contains NaN or inf values (in {bad} of {t.shape[0]} tokens)")
-    return t
+    amax_in = float(tokens.detach().abs().amax())  # one pass: NaN propagates, inf stays inf
+    if not math.isfinite(amax_in):
+        bad = int((~torch.isfinite(tokens.detach())).any(dim=1).sum())
+        raise ValueError(f"{name} contains NaN or inf values (in {bad} of {tokens.shape[0]} tokens)")
+    # Energies are float32 sums of D squares (and dot products of two tokens): refuse magnitudes whose squared norm
+    # could exceed float32's range instead of letting it turn into inf / NaN inside a method.
+    d = tokens.shape[1]
+    if amax_in * amax_in * d > _F32_MAX / 16:
+        limit = math.sqrt(_F32_MAX / 16 / d)
+        raise ValueError(
+            f"{name} has entries of magnitude up to {amax_in:.3g}; squared norms over D={d} features would overflow "
+            f"float32 (entries must stay below {limit:.3g}): rescale the tokens"
+        )
+    return tokens.detach().to(torch.float32)
 
 
 def check_query(query: object, dim: int) -> torch.Tensor | None:
@@ -72,6 +86,12 @@ def keep_count(n: int, ratio: float) -> int:
     >>> keep_count(576, 1 / 9)
     64
     """
-    if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
-        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
-    return max(1, int(round(n * float(ratio))))
+    try:
+        count = None if isinstance(n, bool) else operator.index(n)  # ints, numpy and 0-d torch integers
+    except TypeError:
+        count = None
+    if count is None or count < 1:
+        raise ValueError(f"n must be a positive int (the number of tokens), got {n!r}")
+    if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real) and 0 < ratio <= 1):
+        raise ValueError(f"ratio must be in (0, 1], got {ratio!r} (the kept fraction, a number)")
+    return max(1, int(round(count * float(ratio))))

@@ -73,13 +73,17 @@ def test_bad_images_are_visible_errors(tmp_path):
 
 
 def test_upload_component_turns_unreadable_files_into_messages(tmp_path):
+    # the component hands over the raw upload (nothing decoded or converted); the handler's image check turns an
+    # unreadable file into a visible message
     from gradio.data_classes import ImageData
 
     comp = app.UploadImage(type="filepath")
     bad = tmp_path / "fake.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    with pytest.raises(gr.Error, match="could not be read as an image"):
-        comp.preprocess(ImageData(path=str(bad), orig_name="fake.png"))
+    raw = comp.preprocess(ImageData(path=str(bad), orig_name="fake.png"))
+    assert raw == str(bad)
+    with pytest.raises(gr.Error, match="'fake.png' is (not an image file|corrupt)"):
+        app.check_image(raw)
 
 
 def test_stats_rows_and_agreement():

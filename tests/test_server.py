@@ -14,6 +14,8 @@ sys.path.insert(0, str(ROOT))
 
 import app  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a launched server (and a browser): deselect with -m "not slow"
+
 
 def _free_port() -> int:
     with socket.socket() as s:

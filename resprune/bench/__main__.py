@@ -9,6 +9,7 @@ BENCHMARKS = {
     "select": "selection methods: time vs one linear layer over the visual tokens",
     "prefill": "pruned vs unpruned prefill on a LLaVA-1.5-7B-shaped language model",
     "scenes": "accuracy and relevant-token recall on the scene world, for every method and budget",
+    "app": "the launched app under load on loopback: throughput, p50/p95 latency, RSS, files left",
 }
 
 
