@@ -16,10 +16,13 @@ from resprune.registry import register, unregister
 
 ROOT = Path(__file__).resolve().parent.parent
 # Files that must decide by the registry's declarations, never by a method's name.
+PKG = ROOT / "resprune"
 NAME_FREE = [
-    ROOT / "resprune" / "pipeline.py",
-    ROOT / "resprune" / "generate.py",
-    *(ROOT / "resprune" / "adapters").glob("*.py"),
+    ROOT / "app.py",
+    PKG / "pipeline.py",
+    PKG / "generate.py",
+    PKG / "loading.py",
+    *sorted((PKG / "adapters").glob("*.py")),
 ]
 
 
