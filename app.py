@@ -446,20 +446,10 @@ def draw(fn: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
 
 
 def fig_to_image(fig: Any) -> Any:  # noqa: ANN401
-    """Render a matplotlib Figure to a PIL image (Agg canvas, no pyplot) and release it."""
+    """Render a matplotlib Figure to a PIL image and release it (``viz.to_image``, the one helper)."""
     import viz
 
-    to_image = getattr(viz, "to_image", None)
-    if to_image is not None:
-        return to_image(fig)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    img = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
-    fig.clear()
-    return img
+    return viz.to_image(fig)
 
 
 def stats_rows(stats: dict[str, Any]) -> list[list[str]]:
