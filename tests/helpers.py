@@ -35,3 +35,8 @@ def make_inputs(proc, img, text: str = PROMPT):  # noqa: ANN001, ANN201
 def n_visual(model, inp) -> int:  # noqa: ANN001
     """N: the image placeholders in the prompt."""
     return int((inp["input_ids"] == model.config.image_token_id).sum())
+
+
+def noise_image(w: int = 80, h: int = 64, seed: int = 0) -> Image.Image:
+    """Per-pixel random noise (every patch differs)."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))

@@ -6,17 +6,15 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from helpers import make_inputs
-from PIL import Image
+from helpers import make_inputs, noise_image
 
 import resprune
 from resprune.adapters import llava_geometry
 from resprune.methods.cls import select_vispruner
 from resprune.pipeline import prune
-from resprune.testing import generate_checking_first_step, tiny_model
+from resprune.testing import generate_checking_first_step
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,21 +24,9 @@ def scenes_model():
     return resprune.load_model("scenes")
 
 
-@pytest.fixture(scope="module")
-def tiny_llava():
-    """A random-weight LLaVA with a 64 px / 8 px vision tower (64 visual tokens), weights scaled so that
-    positions and masks matter (a wrong one changes the logits): ``resprune.testing.tiny_model("llava")``."""
-
-    return tiny_model("llava")
-
-
-def _image(w=80, h=64, seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
 def test_positions_matter(tiny_llava):
     model, proc = tiny_llava
-    inputs = make_inputs(proc, _image())
+    inputs = make_inputs(proc, noise_image())
     a = prune(model, inputs, "uniform", 16, processor=proc)
     b = prune(model, inputs, "uniform", 16, processor=proc, positions="original")
     with torch.no_grad():
@@ -96,7 +82,7 @@ def test_vispruner_uses_the_pre_projector_features(tiny_llava):
     """``prune`` hands VisPruner the CLIP features of the feature layer (before the projector), aligned with the
     projected tokens."""
     model, proc = tiny_llava
-    inputs = make_inputs(proc, _image())
+    inputs = make_inputs(proc, noise_image())
     adapter = resprune.adapters.ADAPTERS["LlavaForConditionalGeneration"]
     internals = adapter.images(model, proc, inputs, None, frozenset({"cls_attention", "vision_features"}))[0].internals
     att, feats = internals["cls_attention"], internals["vision_features"]
@@ -115,7 +101,7 @@ def test_visionzip_in_the_pipeline(tiny_llava):
     """LLaVA: the K merged vectors (projected) fill the first K image slots; the sequence is shorter by N - K; the
     first generated step equals a forward on the pruned sequence; the [CLS] vector is the projected CLS feature."""
     model, proc = tiny_llava
-    inputs = make_inputs(proc, _image())
+    inputs = make_inputs(proc, noise_image())
     res = prune(model, inputs, "visionzip", 10, processor=proc)
     sel = res.selections[0]
     L = inputs["input_ids"].shape[1]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from helpers import PROMPT, make_inputs
-from PIL import Image
+from helpers import PROMPT, make_inputs, noise_image
 
 import resprune
 from resprune.pipeline import prune
@@ -18,22 +16,9 @@ from resprune.testing import tiny_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def tiny_llava():
-    """A random-weight LLaVA with a 64 px / 8 px vision tower (64 visual tokens), weights scaled so that
-    positions and masks matter (a wrong one changes the logits): ``resprune.testing.tiny_model("llava")``."""
-    from resprune.testing import tiny_model
-
-    return tiny_model("llava")
-
-
-def _image(w=80, h=64, seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
 def test_bad_inputs(tiny_llava):
     model, proc = tiny_llava
-    inputs = make_inputs(proc, _image())
+    inputs = make_inputs(proc, noise_image())
     no_image = proc.tokenizer("USER: What is this? ASSISTANT:", return_tensors="pt")
     with pytest.raises(ValueError, match="no image"):
         prune(model, dict(no_image), "resprune", 8)
@@ -93,8 +78,8 @@ def test_saved_checkpoints_load_through_load_model(name, tmp_path):
     )
     m2, p2 = resprune.load_model(str(tmp_path))
     assert type(m2) is type(model) and p2.chat_template
-    inputs = make_inputs(p2, _image(300, 200))
-    ref = make_inputs(proc, _image(300, 200))
+    inputs = make_inputs(p2, noise_image(300, 200))
+    ref = make_inputs(proc, noise_image(300, 200))
     assert torch.equal(inputs["input_ids"], ref["input_ids"])
     assert torch.equal(inputs["pixel_values"], ref["pixel_values"])
     res = prune(m2, inputs, "resprune", 5, processor=p2, prompt=PROMPT)
@@ -126,7 +111,9 @@ def test_load_model_device_and_dtype_defaults(tmp_path):
 
 def test_answer_reports_median_timings_with_their_repeat_count(tiny_llava):
     model, proc = tiny_llava
-    a = resprune.answer(model, proc, _image(), "What colour is the circle?", keep=8, max_new_tokens=2, timing_repeats=5)
+    a = resprune.answer(
+        model, proc, noise_image(), "What colour is the circle?", keep=8, max_new_tokens=2, timing_repeats=5
+    )
     assert a.stats["timing_repeats"] == 5
     assert a.stats["prefill_seconds_after"] > 0 and a.stats["prefill_seconds_before"] > 0
     from resprune.timing import measure
