@@ -27,7 +27,8 @@ from ._checks import check_tokens
 
 SPAN_RTOL = 1e-12  # float64 residual below SPAN_RTOL * max_j ||v_j||^2: spanned (float64 noise level)
 MARGIN = 1e-5  # bound on the float32 estimates' error, relative to ||v_i||^2 (measured: ~1e-7)
-FRAGILE = 1e-2  # energies below FRAGILE * ||v_i||^2 are tracked exactly in float64
+FRAGILE = 1e-4  # energies below FRAGILE * ||v_i||^2 are tracked exactly in float64 (10 x the margin)
+PIVOT = 1e-2  # a float32 pivot below PIVOT * ||v_s||^2 is unreliable: the exact direction is used instead
 _BATCH = 16  # candidates evaluated exactly per round of the lazy search
 
 
@@ -166,14 +167,14 @@ def greedy_residual(
             if gram is not None:
                 ls = chol[:mc, s]
                 d = gram[s, s] - ls @ ls
-                if d > FRAGILE * norm2[s]:  # the float32 pivot is reliable
+                if d > PIVOT * norm2[s]:  # the float32 pivot is reliable
                     col = (gram[s] - ls @ chol[:mc]) / np.sqrt(d)
             else:
                 rho = v32[s].copy()
                 for _ in range(2 if mc else 0):
                     rho -= (basis32[:mc] @ rho) @ basis32[:mc]
                 nr2 = float(np.dot(rho.astype(np.float64), rho))
-                if nr2 > FRAGILE * norm2[s]:
+                if nr2 > PIVOT * norm2[s]:
                     basis32[mc] = rho / np.sqrt(nr2)
                     col = (v32 @ basis32[mc]).astype(np.float64)
             if col is None:  # nearly spanned by the estimates: take the exact direction, if there is one
