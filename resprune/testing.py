@@ -33,6 +33,24 @@ QWEN_TEMPLATE = (
 )
 
 
+IDEFICS3_SPECIAL = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
+)
+IDEFICS3_TEMPLATE = (  # SmolVLM-Instruct's chat template (images and text)
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
 def _text_config(vocab: int, pad: int, **extra: Any) -> dict[str, Any]:
     return dict(
         vocab_size=vocab,
@@ -89,6 +107,39 @@ def qwen_tokenizer() -> Any:
     m = json.loads(tok.to_str())["model"]
     qt = Qwen2Tokenizer(vocab=m["vocab"], merges=[tuple(x) for x in m["merges"]])
     qt.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL], special_tokens=True)
+    return qt
+
+
+def idefics3_tokenizer() -> Any:
+    """A ``GPT2Tokenizer`` (SmolVLM's tokenizer class) from an in-memory byte-level BPE with SmolVLM's special
+    tokens: ``<image>``, ``<fake_token_around_image>``, ``<global-img>``, the 36 ``<row_i_col_j>`` tile tags."""
+    from transformers import GPT2Tokenizer
+
+    tok = _byte_level_tokenizer(GPT2Tokenizer, IDEFICS3_SPECIAL)
+    tok.pad_token = "<|endoftext|>"
+    return tok
+
+
+def _byte_level_tokenizer(cls: Any, special: tuple[str, ...]) -> Any:
+    """``cls(vocab, merges)`` of a byte-level BPE trained in memory on the scenes corpus, ``special`` added."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+
+    from .scenes.model import _corpus
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(
+        _corpus(),
+        trainers.BpeTrainer(
+            vocab_size=500,
+            special_tokens=list(special),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    m = json.loads(tok.to_str())["model"]
+    qt = cls(vocab=m["vocab"], merges=[tuple(x) for x in m["merges"]])
+    qt.add_tokens([AddedToken(t, special=True, normalized=False) for t in special], special_tokens=True)
     return qt
 
 
@@ -214,10 +265,50 @@ def _tiny_qwen() -> tuple[Any, Any]:
     return model, proc
 
 
+def _tiny_idefics3() -> tuple[Any, Any]:
+    """SmolVLM's architecture (``Idefics3ForConditionalGeneration``): a SigLIP tower on 64 px tiles of 4 px patches
+    (16 x 16), pixel shuffle with scale factor 4 (as SmolVLM): 4 x 4 = 16 tokens per tile; the image's longest edge
+    resized to 128 px, split into 64 px tiles plus the global image (a 640 x 480 image: 2 x 2 tiles + global = 80
+    tokens); a Llama LM."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        LlamaConfig,
+    )
+
+    tok = idefics3_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<end_of_utterance>", "<image>")}
+    text = LlamaConfig(
+        **_text_config(
+            len(tok), ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<end_of_utterance>"]
+        )
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    cfg = Idefics3Config(
+        vision_config=dict(vision, image_size=64, patch_size=4),
+        text_config=text,
+        scale_factor=4,
+        image_token_id=ids["<image>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    model = Idefics3ForConditionalGeneration(cfg)
+    model.generation_config.eos_token_id = ids["<end_of_utterance>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.bos_token_id = ids["<|endoftext|>"]
+    ip = Idefics3ImageProcessorPil(
+        do_image_splitting=True, size={"longest_edge": 128}, max_image_size={"longest_edge": 64}
+    )
+    proc = Idefics3Processor(ip, tok, image_seq_len=16, chat_template=IDEFICS3_TEMPLATE)
+    return model, proc
+
+
 FAMILIES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "llava": _tiny_llava,
     "llava_next": _tiny_llava_next,
     "qwen2_5_vl": _tiny_qwen,
+    "idefics3": _tiny_idefics3,
 }
 """Family key -> builder of its tiny ``(model, processor)``; the test suite is parametrized over this table (the key
 is the family's adapter's ``family``)."""
