@@ -138,7 +138,7 @@ def test_the_vision_tower_runs_once(family, method):
         pytest.skip(f"{name} does not offer {_lacking(model, method)}")
     inputs = make_inputs(proc, make_image())
     calls = []
-    tower = model.model.vision_tower if hasattr(model.model, "vision_tower") else model.model.visual
+    tower = next(getattr(model.model, a) for a in ("vision_tower", "visual", "vision_model") if hasattr(model.model, a))
     handle = tower.register_forward_hook(lambda *_: calls.append(1))
     try:
         res = prune(model, inputs, method, 12, processor=proc, prompt=PROMPT)
