@@ -88,26 +88,9 @@ def _sensitise(model: Any) -> Any:
 
 def qwen_tokenizer() -> Any:
     """A ``Qwen2Tokenizer`` from an in-memory byte-level BPE with Qwen's special tokens."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
-    from .scenes.model import _corpus
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(
-        _corpus(),
-        trainers.BpeTrainer(
-            vocab_size=500,
-            special_tokens=list(QWEN_SPECIAL),
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    m = json.loads(tok.to_str())["model"]
-    qt = Qwen2Tokenizer(vocab=m["vocab"], merges=[tuple(x) for x in m["merges"]])
-    qt.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL], special_tokens=True)
-    return qt
+    return _byte_level_tokenizer(Qwen2Tokenizer, QWEN_SPECIAL)
 
 
 def idefics3_tokenizer() -> Any:
