@@ -10,6 +10,7 @@ import torch
 from helpers import PROMPT, make_inputs, noise_image
 
 import resprune
+from resprune.adapters import ADAPTERS
 from resprune.pipeline import prune
 from resprune.testing import tiny_model
 
@@ -33,12 +34,14 @@ def test_bad_inputs(tiny_llava):
         prune(model, inputs, "nope", 8)
     with pytest.raises(ValueError, match="keep=0"):
         prune(model, inputs, "resprune", 0)
-    with pytest.raises(
-        ValueError,
-        match="unsupported model class 'Linear'; supported: LlavaForConditionalGeneration, "
-        "LlavaNextForConditionalGeneration, Qwen2_5_VLForConditionalGeneration",
-    ):
+    with pytest.raises(ValueError, match=r"^model: unsupported model class 'Linear'; supported: ") as err:
         prune(torch.nn.Linear(2, 2), inputs, "resprune", 8)
+    listed = str(err.value).split("supported: ", 1)[1].split(", ")
+    # every discovered adapter's classes are listed, the four shipped families among them
+    assert sorted(listed) == sorted(ADAPTERS)
+    for cls in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                "Qwen2_5_VLForConditionalGeneration", "Idefics3ForConditionalGeneration"):
+        assert cls in listed
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         res = prune(model, inputs, "resprune", 1000, processor=proc)
