@@ -23,12 +23,13 @@ def text_relevance(tokens: torch.Tensor, query: torch.Tensor, *, aggregation: st
         `(N,)` float64 in [-1, 1] (computed in float64: the ranking ties of float32 cosines are resolved; the cost is
         an `(N, D) x (D, Q)` product with Q a few words).
     """
-    v = torch.nn.functional.normalize(tokens.double(), dim=-1)  # (N, D)
+    v = tokens.double()  # (N, D); no copy when the caller already holds float64 tokens
+    inv = 1.0 / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-12)  # (N, 1), as F.normalize
     if aggregation == "pooled":
         t = torch.nn.functional.normalize(query.double().mean(0, keepdim=True), dim=-1)  # (1, D)
-        return (v @ t.T)[:, 0]
+        return (v @ t.T)[:, 0] * inv[:, 0]
     t = torch.nn.functional.normalize(query.double(), dim=-1)  # (Q, D)
-    cos = v @ t.T  # (N, Q)
+    cos = (v @ t.T) * inv  # (N, Q): the tokens are scaled after the small product, not before
     if aggregation == "max":
         return cos.max(dim=1).values
     if aggregation == "mean":

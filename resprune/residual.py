@@ -5,12 +5,15 @@ pick order, and per-token residual energies along an order (used by the methods 
 tokens ``S``. ResPrune (arXiv 2603.21105) picks ``argmax_i g(r_i) E_S(v_i)`` at each step.
 
 Exactness. Picks are decided in float64: they equal a float64 greedy reference wherever float64 can tell the
-candidates apart. The fast path keeps float32 estimates of every energy (one `(N, D)` mat-vec per pick, or one
-Gram GEMM and pivoted-Cholesky steps); an estimate plus a margin (``MARGIN * ||v_i||^2``, far above float32's
-rounding) is an upper bound on the true energy, so a lazy search evaluates exactly (float64, against a float64
-orthonormal basis of the picks, re-orthogonalised) only the candidates whose bound can still beat the best exact
-value: usually the pick alone. Tokens whose energy falls below ``FRAGILE * ||v_i||^2``, where float32 estimates
-carry no information, are tracked exactly in float64 from then on. A token counts as spanned (energy 0) only when
+candidates apart. The fast path keeps float64 estimates of every energy (one float64 Gram GEMM and
+pivoted-Cholesky steps, or one `(N, D)` float64 mat-vec per pick against a re-orthogonalised basis); an estimate
+plus a margin (``MARGIN * ||v_i||^2``, far above the estimates' rounding) is an upper bound on the true energy, so
+a lazy search evaluates exactly (float64 residual vectors against the float64 orthonormal basis of the picks,
+re-orthogonalised) only the candidates whose bound can still beat the best exact value: only near-ties at
+``MARGIN``, which real tokens rarely have. Tokens whose energy falls below ``FRAGILE * ||v_i||^2``, where the
+estimates' cancellation error could matter, are tracked exactly from then on. (A float32 estimate was tried first:
+on low-rank-plus-noise tokens its 1e-5 margin left hundreds of near-ties to evaluate exactly, ten times the cost
+of the float64 Gram GEMM.) A token counts as spanned (energy 0) only when
 its float64 residual is below ``SPAN_RTOL`` times the largest ``||v_j||^2`` of the image, i.e. at float64's noise
 level. Because picks are exact, both solvers give the same picks and selections are nested: the first K' picks at
 budget K are the picks at budget K'.
@@ -26,9 +29,9 @@ import torch
 from ._checks import check_tokens
 
 SPAN_RTOL = 1e-12  # float64 residual below SPAN_RTOL * max_j ||v_j||^2: spanned (float64 noise level)
-MARGIN = 1e-5  # bound on the float32 estimates' error, relative to ||v_i||^2 (measured: ~1e-7)
-FRAGILE = 1e-4  # energies below FRAGILE * ||v_i||^2 are tracked exactly in float64 (10 x the margin)
-PIVOT = 1e-2  # a float32 pivot below PIVOT * ||v_s||^2 is unreliable: the exact direction is used instead
+MARGIN = 1e-9  # bound on the float64 estimates' error, relative to ||v_i||^2 (measured: below 1e-14)
+FRAGILE = 1e-8  # energies below FRAGILE * ||v_i||^2 are tracked exactly (10 x the margin)
+PIVOT = 1e-4  # a Gram pivot below PIVOT * ||v_s||^2 would amplify rounding: the exact direction is used instead
 _BATCH = 16  # candidates evaluated exactly per round of the lazy search
 
 
@@ -43,44 +46,46 @@ def greedy_residual(
     """Greedy subspace expansion with exact (float64) picks; the loop runs in NumPy (K small steps).
 
     Args:
-        v: `(N, D)` float32 tokens on the CPU.
+        v: `(N, D)` float32 (or float64) tokens on the CPU.
         keep: K (<= N).
         weight: `(N,)` text weights ``g(r)``, or None for all ones.
         seed: index of the first pick, or None to use the rule from step 0.
-        solver: how the float32 estimates are kept: ``"gs"``: a float32 Gram–Schmidt basis and one `(N, D)`
-            mat-vec per pick, O(N K D) as in the paper; ``"gram"``: one `(N, N)` Gram GEMM, then pivoted-Cholesky
-            steps of O(N t). The same picks.
+        solver: how the float64 estimates are kept: ``"gs"``: the Gram–Schmidt basis of the picks and one
+            `(N, D)` mat-vec per pick, O(N K D) as in the paper; ``"gram"``: one `(N, N)` Gram GEMM, then
+            pivoted-Cholesky steps of O(N t). The same picks.
 
     Returns:
         order `(K,)` int64, energy at pick `(K,)` (float64; exact where the pick needed an exact decision, else the
-        estimate, within ``MARGIN * ||v||^2``), gain at pick `(K,)`, residual curve `(K+1,)` (normalised total
+        float64 estimate, within ``MARGIN * ||v||^2``), gain at pick `(K,)`, residual curve `(K+1,)` (normalised total
         energy after each pick, from the estimates).
     """
     if solver not in ("gs", "gram"):
         raise ValueError(f"solver must be 'gs', 'gram' or 'auto', got {solver!r}")
-    v32 = v.numpy()
-    n, dim = v32.shape
-    norm2 = torch.linalg.vector_norm(v, dim=1, dtype=torch.float64).pow(2).numpy()  # (N,) exact
+    v64 = v.double().numpy()  # (N, D); float32 values, so exact
+    n, dim = v64.shape
+    norm2 = np.einsum("nd,nd->n", v64, v64)  # (N,)
     total0 = float(norm2.sum())
     span_tol = SPAN_RTOL * float(norm2.max()) if n else 0.0
     w = np.ones(n) if weight is None else weight.double().numpy()
     margin = MARGIN * norm2
-    est = norm2.copy()  # (N,) energy estimates (exact where ``exact``)
+    est = norm2.copy()  # (N,) energy estimates (exact where ``exact``; 0 once picked or spanned)
     spanned = norm2 <= span_tol
     est[spanned] = 0.0
     exact = spanned.copy()  # known exactly: tracked residual vectors, or zero
+    avail = np.ones(n, dtype=bool)
+    # per-token state kept up to date instead of rebuilt at every step:
+    live = ~exact  # available and estimated (the estimates that a new direction updates)
+    wm = np.where(exact, 0.0, w * margin)  # what the margin adds to a score's upper bound; -inf once picked
+    thr = np.where(exact, -np.inf, FRAGILE * norm2)  # estimates at or below thr are evaluated and tracked
     frag = np.empty(0, dtype=np.int64)  # tracked tokens (rows of ``frag_res``)
     frag_res = np.zeros((0, dim))  # (F, D) their float64 residual vectors
-    frag_pos: dict[int, int] = {}
-    avail = np.ones(n, dtype=bool)
     # the exact float64 basis of the picks, built lazily (in blocks, when an exact value is needed)
     q64 = np.zeros((keep, dim))
     m = 0
     pending: list[int] = []
-    # the float32 estimates
-    gram = (v @ v.T).double().numpy() if solver == "gram" else None  # (N, N) float32 GEMM
-    chol = np.zeros((keep, n)) if solver == "gram" else None  # rows l_t ~ V u_t
-    basis32 = np.zeros((keep, dim), dtype=np.float32) if solver == "gs" else None
+    # the float64 estimates: a Gram matrix and Cholesky rows l_t = V u_t ("gram"), or the exact basis ("gs")
+    gram = v64 @ v64.T if solver == "gram" else None  # (N, N); NumPy runs A @ A.T as one SYRK (half a GEMM)
+    chol = np.zeros((keep, n)) if solver == "gram" else None
     mc = 0
     order = np.empty(keep, dtype=np.int64)
     e_pick = np.empty(keep)
@@ -97,12 +102,12 @@ def greedy_residual(
 
     def flush() -> None:
         """Add the pending picks to the exact basis (one block product, then in pick order within the block) and
-        bring the tracked residual vectors up to date."""
+        bring the tracked residual vectors up to date (tracked tokens that became spanned drop to 0)."""
         nonlocal m, frag_res
         if not pending:
             return
         m0 = m
-        block = project(v32[pending].astype(np.float64), 0, m)
+        block = project(v64[pending], 0, m)
         for row in block:
             r = project(row.copy(), m0, m)
             e = float(r @ r)
@@ -112,94 +117,94 @@ def greedy_residual(
         pending.clear()
         if frag.size and m > m0:
             frag_res = project(frag_res, m0, m)
-            est[frag] = np.einsum("ij,ij->i", frag_res, frag_res)
+            e = np.einsum("ij,ij->i", frag_res, frag_res)
+            gone = e <= span_tol
+            spanned[frag[gone]] = True
+            est[frag] = np.where(gone | ~avail[frag], 0.0, e)
 
     def residual(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact float64 residual vectors `(len(idx), D)` of tokens ``idx`` and their energies."""
         flush()
-        r = project(v32[idx].astype(np.float64), 0, m)
+        r = project(v64[idx], 0, m)
         return r, np.einsum("ij,ij->i", r, r)
 
     def track(idx: np.ndarray, r: np.ndarray, e: np.ndarray) -> None:
-        """Estimates below ``FRAGILE * ||v||^2`` carry no information: keep these tokens' residuals exactly."""
+        """Exact energies of ``idx`` are known: store them; those below ``FRAGILE * ||v||^2`` are tracked from now
+        on (their residual vectors kept exactly), those at float64's noise level count as spanned (0)."""
         nonlocal frag, frag_res
+        gone = e <= span_tol
+        est[idx] = np.where(gone, 0.0, e)
+        spanned[idx[gone]] = True
         new = ~exact[idx] & (e <= FRAGILE * norm2[idx])
         if new.any():
-            frag_pos.update((int(i), frag.size + j) for j, i in enumerate(idx[new]))
-            frag = np.concatenate([frag, idx[new]])
+            j = idx[new]
+            frag = np.concatenate([frag, j])
             frag_res = np.concatenate([frag_res, r[new]])
-            exact[idx[new]] = True
+            live[j] = False
+            exact[j] = True
+            wm[j] = 0.0
+            thr[j] = -np.inf
 
     for t in range(keep):
-        fresh = np.zeros(n, dtype=bool)  # evaluated exactly at this step
-        known = exact.copy()
         if t == 0 and seed is not None:
             s = int(seed)
         else:
+            bound = w * est + wm  # upper bounds of the scores (exact for exact tokens); -inf once picked
+            fresh: np.ndarray | None = None  # evaluated exactly at this step
             batch = 1
             while True:  # lazy search: estimates +- margin bound the true scores
-                bound = np.where(avail, w * np.where(known | fresh, est, est + margin), -np.inf)
                 s = int(bound.argmax())
-                if not bound[s] > 0 or known[s] or fresh[s]:
+                if not bound[s] > 0 or exact[s] or (fresh is not None and fresh[s]):
                     break
                 best = bound[s]
                 bound[s] = -np.inf
-                if w[s] * (est[s] - margin[s]) >= bound.max():  # unambiguous: no exact value needed
-                    bound[s] = best
-                    break
+                second = bound.max()
                 bound[s] = best
-                cand = np.flatnonzero(avail & ~known & ~fresh)
-                top = cand[np.argsort(-bound[cand], kind="stable")[:batch]] if batch > 1 else np.array([s])
+                if w[s] * (est[s] - margin[s]) >= second:  # unambiguous: no exact value needed
+                    break
+                if fresh is None:
+                    fresh = np.zeros(n, dtype=bool)
+                if batch > 1:
+                    cand = np.flatnonzero(live & ~fresh)
+                    top = cand[np.argsort(-bound[cand], kind="stable")[:batch]]
+                else:
+                    top = np.array([s])
                 batch = min(2 * batch, _BATCH)
                 r, e = residual(top)
-                est[top] = np.where(e <= span_tol, 0.0, e)
-                fresh[top] = True
-                spanned[top] |= e <= span_tol
                 track(top, r, e)
+                fresh[top] = True
+                bound[top] = w[top] * est[top]  # exact values now
             if not bound[s] > 0:  # everything left is spanned: break ties by weight, then by index
                 s = int(np.where(avail, w, -np.inf).argmax())
         e_s = 0.0 if spanned[s] else float(est[s])
         order[t], e_pick[t], g_pick[t] = s, e_s, w[s] * e_s
-        avail[s] = False
+        avail[s] = live[s] = False
+        wm[s] = thr[s] = -np.inf
+        est[s] = 0.0
         if e_s > 0:  # a new direction (unless the exact basis finds it spanned): update every estimate
             pending.append(s)
             col = None
             if gram is not None:
                 ls = chol[:mc, s]
                 d = gram[s, s] - ls @ ls
-                if d > PIVOT * norm2[s]:  # the float32 pivot is reliable
+                if d > PIVOT * norm2[s]:  # the pivot is well above rounding
                     col = (gram[s] - ls @ chol[:mc]) / np.sqrt(d)
-            else:
-                rho = v32[s].copy()
-                for _ in range(2 if mc else 0):
-                    rho -= (basis32[:mc] @ rho) @ basis32[:mc]
-                nr2 = float(np.dot(rho.astype(np.float64), rho))
-                if nr2 > PIVOT * norm2[s]:
-                    basis32[mc] = rho / np.sqrt(nr2)
-                    col = (v32 @ basis32[mc]).astype(np.float64)
-            if col is None:  # nearly spanned by the estimates: take the exact direction, if there is one
+            if col is None:  # "gs", or a nearly spanned Gram pivot: the exact direction, if there is one
                 m_before = m
                 flush()
                 if m > m_before:
-                    u = q64[m - 1].astype(np.float32)
-                    if basis32 is not None:
-                        basis32[mc] = u
-                    col = (v32 @ u).astype(np.float64)
+                    col = v64 @ q64[m - 1]
             if col is not None:
                 if chol is not None:
                     chol[mc] = col
                 mc += 1
-                rest = ~exact
-                est[rest] -= col[rest] ** 2
+                np.subtract(est, col * col, out=est, where=live)
                 if frag.size:  # tracked tokens follow the exact basis
                     flush()
-                newly = np.flatnonzero(rest & (est <= FRAGILE * norm2) & avail)
+                newly = np.flatnonzero(est <= thr)
                 if newly.size:  # evaluate exactly and track from now on
                     r, e = residual(newly)
-                    est[newly] = e
                     track(newly, r, e)
-                spanned |= exact & (est <= span_tol)
-        est[spanned | ~avail] = 0.0
         curve[t + 1] = max(float(est.sum()), 0.0) / total0 if total0 > 0 else 0.0
     curve = np.minimum.accumulate(curve)
     return (
@@ -210,10 +215,14 @@ def greedy_residual(
     )
 
 
+GRAM_MAX_N = 8192  # the (N, N) float64 Gram matrix stays below 512 MiB
+
+
 def auto_solver(n: int, keep: int, d: int) -> str:
-    # One Gram GEMM (N^2 D, compute-bound) against K mat-vecs (K N D, memory-bound). Measured on a 2-core CPU
-    # (python -m resprune.bench select): the Gram form wins while N stays below ~4 K.
-    return "gram" if n <= 4 * keep else "gs"
+    """``"gram"`` unless its `(N, N)` float64 matrix would be large: one SYRK (N^2 D / 2 multiply-adds,
+    compute-bound) beats K float64 mat-vecs (K N D, memory-bound) at every (N, K) measured with
+    ``python -m resprune.bench select`` (N = 576 and 2880, K = 64 to 320)."""
+    return "gram" if n <= GRAM_MAX_N else "gs"
 
 
 def _replay(v32: np.ndarray, order: np.ndarray, steps: Sequence[int]) -> np.ndarray:

@@ -63,3 +63,24 @@ def test_solvers_agree():
     assert torch.allclose(a.residual, b.residual, atol=1e-5)
     assert torch.allclose(a.energy, b.energy, rtol=1e-3, atol=1e-4)
     assert {a.params["solver"], b.params["solver"]} == {"gs", "gram"}
+
+
+def test_float64_estimates_are_far_inside_the_margin():
+    """The lazy search trusts an estimate +- ``MARGIN * ||v||^2``: on structured tokens (low rank plus small noise,
+    energies down to 1e-8 of the norm) both solvers' energies at pick stay within 1e-12 of the exact replay, a
+    thousand times inside the margin, and auto picks the Gram solver at LLaVA sizes."""
+    from resprune.residual import MARGIN, auto_solver, greedy_residual, residual_energies
+
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(300, 1024, generator=g) * 1e-3 + torch.randn(300, 24, generator=g) @ torch.randn(
+        24, 1024, generator=g
+    )
+    norm2 = v.double().pow(2).sum(1)
+    for solver in ("gram", "gs"):
+        order, energy, _, _ = greedy_residual(v, 120, None, None, solver=solver)
+        exact = residual_energies(v, order)[torch.arange(120), order]
+        rel = ((energy - exact).abs() / norm2[order]).max().item()
+        assert rel < 1e-12 <= MARGIN / 1000, (solver, rel)
+        assert (exact / norm2[order]).min() < 1e-6  # the case reaches the noise level
+    assert auto_solver(576, 192, 4096) == auto_solver(2880, 320, 4096) == "gram"
+    assert auto_solver(20000, 64, 4096) == "gs"  # the (N, N) Gram matrix would take 3 GiB

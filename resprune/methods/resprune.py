@@ -66,7 +66,7 @@ def select_resprune(
         floor: the smallest mapped relevance (keeps the least relevant token eligible at weight floor**alpha).
         seed: ``"auto"`` (``seed_prior`` if given else max-norm), ``"max_norm"``, ``"prior"`` or ``"weighted"``.
         seed_prior: `(N,)` per-token prior (e.g. CLS attention), argmax is the seed.
-        solver: ``"gs"``, ``"gram"`` or ``"auto"`` (the same picks; speed differs, see ``_auto_solver``).
+        solver: ``"gs"``, ``"gram"`` or ``"auto"`` (the same picks; speed differs, see ``residual.auto_solver``).
 
     Returns:
         A ``Selection`` with ``gain`` = weighted score, ``energy`` = residual energy at each pick, ``residual``,
@@ -97,7 +97,8 @@ def select_resprune(
 
     notes: list[str] = []
     vc = v.cpu()
-    rel = mapped_relevance(vc, None if q is None else q.cpu(), aggregation, mapping, floor)
+    v64 = vc.double()  # one float64 copy, shared by the relevance and the greedy core
+    rel = mapped_relevance(v64, None if q is None else q.cpu(), aggregation, mapping, floor)
     if rel is None and alpha != 0:
         notes.append(NO_QUERY)
     weight = None if (rel is None or alpha == 0) else rel.double().pow(alpha)
@@ -107,9 +108,9 @@ def select_resprune(
     elif seed == "prior" or (seed == "auto" and seed_prior is not None):
         seed_rule, first = "prior", int(torch.argmax(seed_prior))
     else:
-        seed_rule, first = "max_norm", int(torch.argmax(torch.linalg.vector_norm(vc, dim=1, dtype=torch.float64)))
+        seed_rule, first = "max_norm", int(torch.argmax(torch.linalg.vector_norm(v64, dim=1)))
     chosen = auto_solver(n, k, v.shape[1]) if solver == "auto" else solver
-    order, e, g, curve = greedy_residual(vc, k, weight, first, solver=chosen)
+    order, e, g, curve = greedy_residual(v64, k, weight, first, solver=chosen)
     params = dict(alpha=alpha, aggregation=aggregation, mapping=mapping, floor=floor, seed=seed_rule, solver=chosen)
     return finish(tokens, order, g, "resprune", params, residual=curve, energy=e, relevance=rel, notes=tuple(notes))
 
@@ -165,7 +166,8 @@ def select_relevance(
     q = check_query(query, v.shape[1])
     k = check_keep(keep, v.shape[0])
     vc = v.cpu()
-    rel = mapped_relevance(vc, None if q is None else q.cpu(), aggregation, mapping, floor)
+    v64 = vc.double()  # one float64 copy, shared by the relevance and the greedy core
+    rel = mapped_relevance(v64, None if q is None else q.cpu(), aggregation, mapping, floor)
     score = rel.double() if rel is not None else torch.linalg.vector_norm(vc, dim=1, dtype=torch.float64).pow(2)
     # stable sort: equal scores keep index order
     order = torch.sort(score, descending=True, stable=True).indices[:k]
