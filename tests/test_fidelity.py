@@ -122,7 +122,7 @@ def test_equals_the_float64_reference_at_llava_size(kind, method):
         sel.order.numpy(), ref, gaps, min_compared=40 if kind == "low_rank" else 150, canon=canonical(v64)
     )
     scale = float((v64 * v64).sum(1).max())
-    # energies at pick: exact where the decision needed it, else the float32 estimate (within MARGIN)
+    # energies at pick: exact where the decision needed it, else the float64 estimate (within MARGIN)
     np.testing.assert_allclose(sel.energy.numpy()[:upto], energy[:upto], rtol=1e-6, atol=MARGIN * scale)
 
 

@@ -4,15 +4,16 @@ query words (our variant; the original uses CLIP's text tower, which LLaVA check
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._checks import check_keep, check_query, check_tokens
 from ..registry import register
 from ..relevance import text_relevance
+from ..residual import auto_solver, greedy_residual
 from ..types import Selection
 from ._common import NO_QUERY, finish
+
+CONSTANT = "constant text relevance (no preference): the plain DPP (r = 1)"
 
 
 @register(
@@ -33,9 +34,15 @@ def select_cdpruner(
     """CDPruner (Zhang et al., NeurIPS 2025): MAP of the DPP with kernel ``L = diag(r) S diag(r)``.
 
     ``S_ij = cos(v_i, v_j)``; ``r`` = mean over query tokens of ``cos(v_i, t_j)`` (negated when ``negate``, as
-    the official code does for CLIP relevance), min-max normalised per image (the official code normalises over
-    the batch). Greedy MAP as in Chen et al. 2018: one Cholesky column per pick, ``d_i^2 -= e_i^2``. Our
-    variant takes ``t_j`` from the LLM input embeddings. Without a query ``r = 1`` (plain DPP on similarity).
+    the official code does for CLIP relevance), min-max normalised per image to [0, 1] as the official code does
+    (it normalises over the batch), then lifted to ``[floor, 1]``. A constant relevance (no preference) is the plain
+    DPP, ``r = 1``, as is a missing query; our variant takes ``t_j`` from the LLM input embeddings.
+
+    Greedy MAP picks ``argmax_i`` of the conditional variance ``d_i^2 = L_ii - L_iS L_SS^-1 L_Si`` (Chen et al.
+    2018). Since ``L`` is the Gram matrix of ``x_i = r_i v_i / ||v_i||``, ``d_i^2`` is the residual energy of
+    ``x_i`` against the picks: the same exact (float64) greedy core as ResPrune, with the per-token weight
+    ``r_i^2 / ||v_i||^2`` on the energy of ``v_i``. So picks equal a float64 reference (the official float32 code
+    agrees wherever float32 tells the candidates apart). Tokens with ``r = 0`` come last, by index.
 
     >>> 2 in select_cdpruner(torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0]]), 2).keep_idx.tolist()
     True
@@ -43,39 +50,25 @@ def select_cdpruner(
     v = check_tokens(tokens)
     q = check_query(query, v.shape[1])
     k = check_keep(keep, v.shape[0])
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"floor must be in [0, 1), got {floor}")
     vc = v.cpu()
-    vn = torch.nn.functional.normalize(vc, dim=-1)
-    sim = vn @ vn.T  # (N, N)
-    n = sim.shape[0]
+    v64 = vc.double()
     notes: tuple[str, ...] = ()
-    if q is not None:
-        raw = text_relevance(vc, q.cpu(), aggregation="mean")
-        raw = -raw if negate else raw
-        lo, hi = raw.min(), raw.max()
-        rel = (raw - lo) / (hi - lo + 1e-6)
-        rel = floor + (1 - floor) * rel
-    else:
-        rel = None
+    rel = None
+    if q is None:
         notes = (NO_QUERY,)
-    r = torch.ones(n) if rel is None else rel
-    kernel = (r[:, None] * sim * r[None, :]).double()  # (N, N)
-    di2 = kernel.diagonal().clone()  # (N,)
-    cis = torch.zeros(k, n, dtype=torch.float64)  # (K, N)
-    picked = torch.zeros(n, dtype=torch.bool)
-    order = torch.empty(k, dtype=torch.int64)
-    gain = torch.empty(k, dtype=torch.float64)
-    m = 0
-    for t in range(k):
-        score = di2.masked_fill(picked, -math.inf)
-        s = int(torch.argmax(score))
-        if not score[s] > 1e-10:  # kernel rank exhausted: take the most relevant left, then the lower index
-            s = int(torch.argmax(r.double().masked_fill(picked, -math.inf)))
-        order[t], gain[t] = s, max(float(di2[s]), 0.0)
-        if di2[s] > 1e-10:
-            e = (kernel[s] - cis[:m, s] @ cis[:m]) / math.sqrt(float(di2[s]))  # (N,)
-            cis[m] = e
-            m += 1
-            di2 -= e.pow(2)
-        picked[s] = True
+    else:
+        raw = text_relevance(v64, q.cpu(), aggregation="mean")
+        raw = -raw if negate else raw
+        lo, hi = float(raw.min()), float(raw.max())
+        if hi - lo > 1e-12:
+            rel = floor + (1 - floor) * (raw - lo) / (hi - lo)
+        else:
+            notes = (CONSTANT,)
+    norm2 = v64.pow(2).sum(1)
+    r2 = torch.ones_like(norm2) if rel is None else rel.pow(2)
+    weight = torch.where(norm2 > 0, r2 / norm2.clamp_min(1e-300), torch.zeros_like(norm2))
+    order, _, gain, _ = greedy_residual(v64, k, weight, None, solver=auto_solver(v.shape[0], k, v.shape[1]))
     params = dict(negate=negate, floor=floor)
     return finish(tokens, order, gain, "cdpruner", params, v32=vc, relevance=rel, notes=notes)
