@@ -18,6 +18,9 @@ def test_select_bench_small(capsys):
     assert all(r["ratio"] > 0 and math.isfinite(r["ratio"]) for r in rows)
     table = bench_select.format_table(rows)
     assert table.startswith("| method | N=40 K=4 |") and "reference at N=40" in table
+    # ResPrune's arithmetic floors are timed in the same run, and its ratio to the float32 floor is printed
+    assert {bench_select.FLOOR_F64, *bench_select.FLOOR_F32} <= names
+    assert "| **resprune / float32 floor** |" in table
     assert (
         dispatch.main(["select", "--n", "30", "--k", "3", "--dim", "16", "--repeats", "1", "--methods", "random"]) == 0
     )

@@ -64,7 +64,27 @@ def run(
                         repeats,
                     )  # noqa: B023
                     rows.append(dict(method=label, n=n, k=k, d=dim, seconds=t, ref_seconds=ref, ratio=t / ref))
+                if "resprune" in methods:  # the arithmetic floors of a greedy residual selection, same run
+                    v64 = tokens.double().numpy()
+                    for label, fn in _floors(tokens, v64, k).items():
+                        t, ref = _paired_times(fn, lambda: layer(tokens), repeats)  # noqa: B023
+                        rows.append(dict(method=label, n=n, k=k, d=dim, seconds=t, ref_seconds=ref, ratio=t / ref))
     return rows
+
+
+FLOOR_F32 = ("floor: Gram GEMM (float32)", "floor: K mat-vecs (float32)")
+FLOOR_F64 = "floor: SYRK (float64)"
+
+
+def _floors(tokens: torch.Tensor, v64, k: int) -> dict:  # noqa: ANN001
+    """What a greedy residual selection cannot avoid: one Gram product or K passes over the tokens (float32, the
+    issue's floor), and the float64 SYRK that the exact core runs (``v64 @ v64.T``, half a GEMM at half the rate)."""
+    rows = tokens[:k]
+    return {
+        FLOOR_F32[0]: lambda: tokens @ tokens.T,
+        FLOOR_F32[1]: lambda: [tokens @ r for r in rows],
+        FLOOR_F64: lambda: v64 @ v64.T,
+    }
 
 
 def format_table(rows: list[dict]) -> str:
@@ -78,6 +98,12 @@ def format_table(rows: list[dict]) -> str:
             r = next(r for r in rows if r["method"] == m and r["n"] == n and r["k"] == k)
             cells.append(f"{r['ratio']:.3f}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if any(r["method"] == FLOOR_F64 for r in rows):
+        cells = []
+        for n, k in settings:
+            at = {r["method"]: r["ratio"] for r in rows if r["n"] == n and r["k"] == k}
+            cells.append(f"{at['resprune'] / min(at[f] for f in FLOOR_F32):.2f}x" if "resprune" in at else "-")
+        lines.append("| **resprune / float32 floor** | " + " | ".join(cells) + " |")
     refs = {n: statistics.median(r["ref_seconds"] for r in rows if r["n"] == n) for n, _ in settings}
     lines.append("")
     lines.append(
