@@ -33,6 +33,13 @@ MUTATIONS = [
         ["tests/test_fidelity.py", "tests/test_residual.py"],
     ),
     (
+        "no re-orthogonalisation in the exact replay (residual_curve, residual_energies)",
+        "resprune/residual.py",
+        "for _ in range(2 if m else 0):",
+        "for _ in range(1 if m else 0):",
+        ["tests/test_fidelity.py", "tests/test_residual.py"],
+    ),
+    (
         "residual energies not updated",
         "resprune/residual.py",
         "np.subtract(est, col * col, out=est, where=live)",

@@ -217,3 +217,22 @@ def test_seed_prior_reaches_resprune_and_residual_through_prune():
     for method in ("resprune", "residual"):
         sel = resprune.prune(model, inputs, method, 10, processor=proc, prompt=PROMPT).selections[0]
         assert sel.params["seed"] == "prior" and int(sel.order[0]) == int(cls_att.argmax())
+
+
+def test_tiny_energies_are_exact_where_float64_resolves_them():
+    """Singular values falling to 1e-6 (energies to 1e-12 of the norm): below the tracking threshold the energies
+    at pick come from the exact path (explicit residual vectors, re-orthogonalised basis) and equal the float64
+    reference to 1e-6 relative, however small."""
+    g = torch.Generator().manual_seed(21)
+    u = torch.linalg.qr(torch.randn(300, 120, generator=g, dtype=torch.float64))[0]
+    w = torch.linalg.qr(torch.randn(512, 120, generator=g, dtype=torch.float64))[0]
+    v = ((u * torch.logspace(0, -6, 120, dtype=torch.float64)) @ w.T * 10).float()
+    v64 = v.double().numpy()
+    for solver in ("gram", "gs"):
+        sel = select(v, 120, "residual", solver=solver)
+        ref, gaps, energy = reference_greedy(v64, 120, None, int(np.argmax((v64 * v64).sum(1))))
+        upto = assert_same_order(sel.order.numpy(), ref, gaps, min_compared=100)
+        norm2 = (v64 * v64).sum(1)[ref[:upto]]
+        tiny = energy[:upto] < 1e-8 * norm2
+        assert tiny.sum() >= 20 and (energy[:upto][tiny] / norm2[tiny]).min() < 1e-10
+        np.testing.assert_allclose(sel.energy.double().numpy()[:upto][tiny], energy[:upto][tiny], rtol=1e-6)
