@@ -10,7 +10,7 @@ import torch
 
 from . import methods as _methods  # noqa: F401  (registers the methods; no transformers import)
 from ._checks import keep_count
-from .registry import DEFAULT_METHOD, MethodInfo, get_method, list_methods, method_info, register
+from .registry import DEFAULT_METHOD, MethodInfo, batch_variant, get_method, list_methods, method_info, register
 from .relevance import map_relevance, text_relevance
 from .residual import residual_curve
 from .text import Keywords, extract_keywords
@@ -42,6 +42,77 @@ def select(
     return get_method(method)(tokens, keep, query=query, **hparams)
 
 
+def select_batch(
+    tokens: torch.Tensor | list[torch.Tensor],
+    keep: int,
+    method: str = DEFAULT_METHOD,
+    *,
+    query: torch.Tensor | list[torch.Tensor | None] | None = None,
+    lengths: torch.Tensor | list[int] | None = None,
+    **hparams,
+) -> list[Selection]:
+    """Select ``keep`` tokens of each of B images: a list of ``Selection``, each equal to ``select`` on that image.
+
+    Methods with a batched variant (ResPrune, residual, CDPruner, DivPrune) run their greedy loops for all images
+    in lock-step on the tokens' device (one batched product per step, no host synchronisation inside the loop);
+    the others run image by image.
+
+    Args:
+        tokens: `(B, N, D)` (padded, with ``lengths``) or a list of B `(N_b, D)` tensors.
+        keep: K per image (``keep >= N_b`` keeps all of image b, with a warning).
+        method: a name from ``list_methods()``.
+        query: None, one `(Q, D)` tensor for every image, a `(B, Q, D)` tensor, or a list of B `(Q_b, D)` / None.
+        lengths: `(B,)` valid token counts for a padded `(B, N, D)` tensor (the first ``lengths[b]`` rows).
+        **hparams: the method's keyword arguments, shared by all images; the method's per-token internals (e.g.
+            ``seed_prior``) as lists of B values.
+
+    Raises:
+        ValueError / TypeError naming the argument (shapes, lengths, lists of the wrong size, unknown keywords).
+    """
+    info = method_info(method)
+    if isinstance(tokens, torch.Tensor):
+        if tokens.dim() != 3:
+            raise ValueError(f"tokens must be (B, N, D) or a list of (N, D) tensors, got shape {tuple(tokens.shape)}")
+        if lengths is None:
+            items = list(tokens.unbind(0))
+        else:
+            ln = torch.as_tensor(lengths).flatten().tolist()
+            if len(ln) != tokens.shape[0] or any(not 1 <= int(x) <= tokens.shape[1] for x in ln):
+                raise ValueError(f"lengths must be {tokens.shape[0]} counts in [1, {tokens.shape[1]}], got {ln}")
+            items = [tokens[b, : int(x)] for b, x in enumerate(ln)]
+    elif isinstance(tokens, (list, tuple)) and tokens:
+        if lengths is not None:
+            raise ValueError("lengths is only for a padded (B, N, D) tensor; a list already has one tensor per image")
+        items = list(tokens)
+    else:
+        raise TypeError(f"tokens must be a (B, N, D) tensor or a non-empty list of (N, D) tensors, got {type(tokens)}")
+    b = len(items)
+    if query is None or (isinstance(query, torch.Tensor) and query.dim() == 2):
+        queries = [query] * b
+    elif isinstance(query, torch.Tensor) and query.dim() == 3 and query.shape[0] == b:
+        queries = list(query.unbind(0))
+    elif isinstance(query, (list, tuple)) and len(query) == b:
+        queries = list(query)
+    else:
+        raise ValueError(f"query must be None, (Q, D), (B={b}, Q, D) or a list of {b} entries")
+    per_image = set(info.requires) | set(info.optional)
+    unknown = set(hparams) - set(info.hparams) - per_image
+    if unknown:
+        raise TypeError(f"{', '.join(sorted(unknown))}: not a keyword argument of method {method!r}")
+    internals: list[dict] = [{} for _ in range(b)]
+    for name in per_image & set(hparams):
+        values = hparams.pop(name)
+        if not isinstance(values, (list, tuple)) or len(values) != b:
+            raise ValueError(f"{name} must be a list of {b} values (one per image) for select_batch")
+        for extra, value in zip(internals, values):
+            if value is not None:
+                extra[name] = value
+    fn = batch_variant(method)
+    if fn is not None:
+        return fn(items, keep, queries, internals, **hparams)
+    return [info.fn(t, keep, query=q, **extra, **hparams) for t, q, extra in zip(items, queries, internals)]
+
+
 __all__ = [
     "DEFAULT_METHOD",
     "Keywords",
@@ -58,6 +129,7 @@ __all__ = [
     "register",
     "residual_curve",
     "select",
+    "select_batch",
     "text_relevance",
 ]
 

@@ -134,9 +134,29 @@ def register(
     return deco
 
 
+_BATCH: dict[str, Callable[..., list]] = {}
+
+
+def register_batch(name: str, fn: Callable[..., list]) -> None:
+    """Register a batched variant of method ``name``: ``fn(tokens, keep, queries, internals, **hparams)`` ->
+    one ``Selection`` per image, each equal to the single call (``tokens``, ``queries``, ``internals``: lists,
+    one entry per image; ``internals``: dicts of the per-image keyword arguments). ``select_batch`` uses it;
+    methods without one are run image by image."""
+    if name in _BATCH:
+        raise ValueError(f"method {name!r} already has a batched variant")
+    _BATCH[name] = fn
+
+
+def batch_variant(name: str) -> Callable[..., list] | None:
+    """The batched variant of ``name``, or None."""
+    method_info(name)
+    return _BATCH.get(name)
+
+
 def unregister(name: str) -> None:
     """Remove ``name`` from the registry (for tests that register a throwaway method)."""
     _METHODS.pop(name, None)
+    _BATCH.pop(name, None)
 
 
 def list_methods(*, stage: Stage | None = None) -> list[str]:

@@ -313,3 +313,80 @@ def residual_energies(
     if any(not 0 <= s <= o.size for s in steps):
         raise ValueError(f"steps must lie in [0, K={o.size}], got {steps}")
     return torch.from_numpy(_replay(v, o, steps))
+
+
+@torch.no_grad()
+def greedy_residual_batch(
+    v: torch.Tensor,
+    keep: int,
+    weight: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The greedy core for B images in lock-step, on the tokens' device, with no host synchronisation in the loop.
+
+    Float64 Gram matrices (one batched GEMM) and pivoted-Cholesky steps, one batched mat-vec per step; every index
+    stays a device tensor (``argmax``/``topk``, ``gather``, ``scatter``; no ``.item()``, no boolean-mask indexing,
+    so the loop runs on ``meta`` tensors too, which is how the tests check it). There is no lazy exact search on
+    the device: instead each image carries a flag that is cleared at the first step whose pick the float64
+    estimates cannot certify (its lower bound ``w (est - MARGIN ||v||^2)`` below the runner-up's upper bound, or a
+    pivot below ``PIVOT ||v||^2``, where the exact path would track residual vectors). Where the flag holds the
+    picks are exactly the exact core's (``greedy_residual``); the caller recomputes the other images with it.
+
+    Args:
+        v: `(B, N, D)` tokens (padded; any float dtype, any device).
+        keep: K, at most the number of valid tokens of every image.
+        weight: `(B, N)` text weights ``g(r)``, or None for all ones.
+        seed: `(B,)` int64 first picks, or None to use the rule from step 0.
+        valid: `(B, N)` bool, False for padding; None = all valid.
+
+    Returns:
+        order `(B, K)` int64, energy at pick `(B, K)` float64, gain at pick `(B, K)` float64, residual curve
+        `(B, K+1)` float32, certified `(B,)` bool; all on ``v.device``.
+    """
+    dev = v.device
+    x = v.to(torch.float64)
+    b, n, _ = x.shape
+    valid = torch.ones(b, n, dtype=torch.bool, device=dev) if valid is None else valid.to(dev)
+    x = x * valid.unsqueeze(-1)
+    norm2 = (x * x).sum(-1)  # (B, N)
+    total0 = norm2.sum(-1)  # (B,)
+    w = torch.ones(b, n, dtype=torch.float64, device=dev) if weight is None else weight.to(dev, torch.float64)
+    margin = MARGIN * norm2
+    gram = x @ x.transpose(1, 2)  # (B, N, N)
+    chol = torch.zeros(b, keep, n, dtype=torch.float64, device=dev)
+    est = norm2.clone()
+    avail = valid.clone()
+    ok = torch.ones(b, dtype=torch.bool, device=dev)
+    order = torch.empty(b, keep, dtype=torch.int64, device=dev)
+    e_pick = torch.empty(b, keep, dtype=torch.float64, device=dev)
+    g_pick = torch.empty(b, keep, dtype=torch.float64, device=dev)
+    curve = torch.empty(b, keep + 1, dtype=torch.float64, device=dev)
+    curve[:, 0] = (total0 > 0).to(torch.float64)
+    safe_total = torch.where(total0 > 0, total0, torch.ones_like(total0))
+    rows = torch.arange(b, device=dev)
+    neg = torch.tensor(-torch.inf, dtype=torch.float64, device=dev)
+    for t in range(keep):
+        bound = torch.where(avail, w * (est + margin), neg)
+        if t == 0 and seed is not None:
+            s = seed.to(dev, torch.int64)
+        else:
+            top = bound.topk(min(2, n), dim=-1)
+            s = top.indices[:, 0]
+            if n > 1:  # certified: the pick's lower bound beats every other upper bound
+                ok &= w[rows, s] * (est[rows, s] - margin[rows, s]) >= top.values[:, 1]
+        e_s = est[rows, s]
+        ls = chol[:, :t, :].gather(2, s.view(b, 1, 1).expand(b, t, 1)).squeeze(-1)  # (B, t)
+        d = gram[rows, s, s] - (ls * ls).sum(-1)
+        ok &= d > PIVOT * norm2[rows, s]  # a well-conditioned pivot (not near the span)
+        col = gram[rows, s, :] - (ls.unsqueeze(1) @ chol[:, :t, :]).squeeze(1)  # (B, N)
+        col = col / torch.sqrt(torch.clamp(d, min=torch.finfo(torch.float64).tiny)).unsqueeze(-1)
+        chol[:, t, :] = col
+        order[:, t] = s
+        e_pick[:, t] = e_s
+        g_pick[:, t] = w[rows, s] * e_s
+        avail = avail.scatter(1, s.unsqueeze(1), False)
+        est = torch.where(avail, est - col * col, torch.zeros_like(est))
+        curve[:, t + 1] = est.sum(-1).clamp(min=0) / safe_total
+    curve = torch.cummin(curve, dim=1).values.float()
+    return order, e_pick, g_pick, curve, ok

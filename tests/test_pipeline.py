@@ -39,8 +39,12 @@ def test_bad_inputs(tiny_llava):
     listed = str(err.value).split("supported: ", 1)[1].split(", ")
     # every discovered adapter's classes are listed, the four shipped families among them
     assert sorted(listed) == sorted(ADAPTERS)
-    for cls in ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
-                "Qwen2_5_VLForConditionalGeneration", "Idefics3ForConditionalGeneration"):
+    for cls in (
+        "LlavaForConditionalGeneration",
+        "LlavaNextForConditionalGeneration",
+        "Qwen2_5_VLForConditionalGeneration",
+        "Idefics3ForConditionalGeneration",
+    ):
         assert cls in listed
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")

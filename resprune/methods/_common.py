@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..residual import greedy_residual, greedy_residual_batch
 from ..types import Selection
 
 NO_QUERY = "no query words: text relevance unused, text-free score"
@@ -67,3 +70,90 @@ def split_budget(k: int, sizes: list[int]) -> list[int]:
             left -= add
         open_ = [j for j in open_ if out[j] < sizes[j]]
     return out
+
+
+@dataclass(frozen=True)
+class GreedyPlan:
+    """One image's input to the greedy residual core, prepared (checked, weighted, seeded) by a method."""
+
+    tokens: torch.Tensor  # (N, D) as given (for the Selection's device)
+    v64: torch.Tensor  # (N, D) float64, on the tokens' device
+    k: int
+    weight: torch.Tensor | None  # (N,) float64 g(r), or None for all ones
+    first: int | None  # the seed pick, or None
+    solver: str  # the exact core's solver
+    params: dict
+    relevance: torch.Tensor | None
+    notes: tuple[str, ...]
+
+
+def run_greedy(plans: list[GreedyPlan], method: str, *, lockstep: bool) -> list[Selection]:
+    """Exact greedy picks of every plan, as ``Selection``s.
+
+    ``lockstep``: images with the same K and seeding run together on their device (``greedy_residual_batch``, one
+    batched mat-vec per step, one host synchronisation after the loop; on the CPU only for two images or more);
+    those whose picks the float64 estimates do not certify, and all of them without ``lockstep``, run the exact
+    core (``greedy_residual``, CPU). Either way
+    the picks are the exact core's.
+    """
+    out: list[Selection | None] = [None] * len(plans)
+    if lockstep:
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(plans):
+            if p.v64.shape[0] >= 2:
+                groups.setdefault((p.k, p.first is None, p.v64.device, p.v64.shape[1]), []).append(i)
+        for (k, unseeded, dev, d), idx in groups.items():
+            if len(idx) < 2 and dev.type == "cpu":
+                continue  # one CPU image: the exact core is faster than a lock-step batch of one
+            nmax = max(plans[i].v64.shape[0] for i in idx)
+            v = torch.zeros(len(idx), nmax, d, dtype=torch.float64, device=dev)
+            valid = torch.zeros(len(idx), nmax, dtype=torch.bool, device=dev)
+            weight = torch.ones(len(idx), nmax, dtype=torch.float64, device=dev)
+            for j, i in enumerate(idx):
+                p = plans[i]
+                n = p.v64.shape[0]
+                v[j, :n] = p.v64
+                valid[j, :n] = True
+                if p.weight is not None:
+                    weight[j, :n] = p.weight.to(dev)
+            seed = None if unseeded else torch.tensor([plans[i].first for i in idx], device=dev)
+            order, energy, gain, curve, ok = greedy_residual_batch(v, k, weight, seed, valid)
+            for j, i in enumerate(idx):
+                if bool(ok[j]):  # after the loop: one synchronisation per image at most
+                    p = plans[i]
+                    out[i] = finish(
+                        p.tokens,
+                        order[j],
+                        gain[j],
+                        method,
+                        p.params,
+                        residual=curve[j],
+                        energy=energy[j],
+                        relevance=p.relevance,
+                        notes=p.notes,
+                    )
+    for i, p in enumerate(plans):
+        if out[i] is None:
+            w = None if p.weight is None else p.weight.cpu()
+            order, energy, gain, curve = greedy_residual(p.v64.cpu(), p.k, w, p.first, solver=p.solver)
+            out[i] = finish(
+                p.tokens,
+                order,
+                gain,
+                method,
+                p.params,
+                residual=curve,
+                energy=energy,
+                relevance=p.relevance,
+                notes=p.notes,
+            )
+    return out  # type: ignore[return-value]
+
+
+def _signature_defaults(fn: Any) -> dict[str, Any]:
+    """Keyword-only defaults of a selection function (a batch variant fills what the caller did not pass)."""
+    return {
+        p.name: p.default
+        for p in inspect.signature(inspect.unwrap(fn)).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+    }

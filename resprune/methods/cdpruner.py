@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_keep, check_query, check_tokens
-from ..registry import register
+from ..registry import register, register_batch
 from ..relevance import text_relevance
-from ..residual import auto_solver, greedy_residual
+from ..residual import auto_solver
 from ..types import Selection
-from ._common import NO_QUERY, finish
+from ._common import NO_QUERY, GreedyPlan, run_greedy
 
 CONSTANT = "constant text relevance (no preference): the plain DPP (r = 1)"
 
@@ -47,28 +47,40 @@ def select_cdpruner(
     >>> 2 in select_cdpruner(torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0]]), 2).keep_idx.tolist()
     True
     """
+    plan = _plan(tokens, keep, query, negate, floor)
+    return run_greedy([plan], "cdpruner", lockstep=plan.v64.device.type != "cpu")[0]
+
+
+def _plan(tokens, keep, query, negate, floor) -> GreedyPlan:  # noqa: ANN001
+    """Checks, relevance and the DPP's weights ``r_i^2 / ||v_i||^2`` of one image (on the tokens' device)."""
     v = check_tokens(tokens)
     q = check_query(query, v.shape[1])
     k = check_keep(keep, v.shape[0])
-    if not 0.0 <= floor < 1.0:
-        raise ValueError(f"floor must be in [0, 1), got {floor}")
-    vc = v.cpu()
-    v64 = vc.double()
+    if not (isinstance(floor, (int, float)) and 0.0 <= floor < 1.0):
+        raise ValueError(f"floor must be in [0, 1), got {floor!r}")
+    v64 = v.double()
     notes: tuple[str, ...] = ()
     rel = None
     if q is None:
         notes = (NO_QUERY,)
     else:
-        raw = text_relevance(v64, q.cpu(), aggregation="mean")
+        raw = text_relevance(v64, q.to(v64.device), aggregation="mean")
         raw = -raw if negate else raw
-        lo, hi = float(raw.min()), float(raw.max())
-        if hi - lo > 1e-12:
+        lo, hi = raw.min(), raw.max()
+        if float(hi - lo) > 1e-12:
             rel = floor + (1 - floor) * (raw - lo) / (hi - lo)
         else:
             notes = (CONSTANT,)
     norm2 = v64.pow(2).sum(1)
     r2 = torch.ones_like(norm2) if rel is None else rel.pow(2)
     weight = torch.where(norm2 > 0, r2 / norm2.clamp_min(1e-300), torch.zeros_like(norm2))
-    order, _, gain, _ = greedy_residual(v64, k, weight, None, solver=auto_solver(v.shape[0], k, v.shape[1]))
-    params = dict(negate=negate, floor=floor)
-    return finish(tokens, order, gain, "cdpruner", params, v32=vc, relevance=rel, notes=notes)
+    solver = auto_solver(v.shape[0], k, v.shape[1])
+    return GreedyPlan(tokens, v64, k, weight, None, solver, dict(negate=negate, floor=floor), rel, notes)
+
+
+def _batch_cdpruner(tokens, keep, queries, internals, *, negate: bool = False, floor: float = 0.0) -> list[Selection]:  # noqa: ANN001
+    plans = [_plan(t, keep, q, negate, floor) for t, q in zip(tokens, queries)]
+    return run_greedy(plans, "cdpruner", lockstep=True)
+
+
+register_batch("cdpruner", _batch_cdpruner)

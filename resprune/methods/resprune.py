@@ -25,11 +25,11 @@ import math
 import torch
 
 from .._checks import check_keep, check_query, check_tokens
-from ..registry import register
+from ..registry import register, register_batch
 from ..relevance import mapped_relevance
-from ..residual import auto_solver, greedy_residual
+from ..residual import auto_solver
 from ..types import Selection
-from ._common import NO_QUERY, finish
+from ._common import NO_QUERY, GreedyPlan, _signature_defaults, finish, run_greedy
 
 SEED_PRIOR = {"seed_prior": "cls_attention"}  # the [CLS] seed, wherever the model offers [CLS] attention
 
@@ -76,6 +76,12 @@ def select_resprune(
     >>> sel.order.tolist(), sel.keep_idx.tolist()
     ([0, 1], [0, 1])
     """
+    plan = _plan(tokens, keep, query, alpha, aggregation, mapping, floor, seed, seed_prior, solver)
+    return run_greedy([plan], "resprune", lockstep=plan.v64.device.type != "cpu")[0]
+
+
+def _plan(tokens, keep, query, alpha, aggregation, mapping, floor, seed, seed_prior, solver) -> GreedyPlan:  # noqa: ANN001
+    """Checks, relevance, weights and seed of one image (on the tokens' device)."""
     v = check_tokens(tokens)
     q = check_query(query, v.shape[1])
     k = check_keep(keep, v.shape[0])
@@ -96,9 +102,8 @@ def select_resprune(
         raise ValueError("seed='prior' needs seed_prior (a per-token prior such as CLS attention)")
 
     notes: list[str] = []
-    vc = v.cpu()
-    v64 = vc.double()  # one float64 copy, shared by the relevance and the greedy core
-    rel = mapped_relevance(v64, None if q is None else q.cpu(), aggregation, mapping, floor)
+    v64 = v.double()  # one float64 copy, shared by the relevance and the greedy core
+    rel = mapped_relevance(v64, None if q is None else q.to(v64.device), aggregation, mapping, floor)
     if rel is None and alpha != 0:
         notes.append(NO_QUERY)
     weight = None if (rel is None or alpha == 0) else rel.double().pow(alpha)
@@ -110,9 +115,32 @@ def select_resprune(
     else:
         seed_rule, first = "max_norm", int(torch.argmax(torch.linalg.vector_norm(v64, dim=1)))
     chosen = auto_solver(n, k, v.shape[1]) if solver == "auto" else solver
-    order, e, g, curve = greedy_residual(v64, k, weight, first, solver=chosen)
     params = dict(alpha=alpha, aggregation=aggregation, mapping=mapping, floor=floor, seed=seed_rule, solver=chosen)
-    return finish(tokens, order, g, "resprune", params, residual=curve, energy=e, relevance=rel, notes=tuple(notes))
+    return GreedyPlan(tokens, v64, k, weight, first, chosen, params, rel, tuple(notes))
+
+
+def _batch_resprune(tokens, keep, queries, internals, **hparams) -> list[Selection]:  # noqa: ANN001
+    """ResPrune for a batch: every image planned alone, the greedy loops run in lock-step (``run_greedy``)."""
+    hp = {**_signature_defaults(select_resprune), **hparams}
+    plans = [
+        _plan(
+            t,
+            keep,
+            q,
+            hp["alpha"],
+            hp["aggregation"],
+            hp["mapping"],
+            hp["floor"],
+            hp["seed"],
+            extra.get("seed_prior"),
+            hp["solver"],
+        )
+        for t, q, extra in zip(tokens, queries, internals)
+    ]
+    return run_greedy(plans, "resprune", lockstep=True)
+
+
+register_batch("resprune", _batch_resprune)
 
 
 @register(
@@ -137,10 +165,24 @@ def select_residual(
     """
     check_query(query, check_tokens(tokens).shape[1])  # validated, then ignored
     sel = select_resprune(tokens, keep, query=None, alpha=0.0, seed=seed, seed_prior=seed_prior, solver=solver)
+    return _as_residual(sel)
+
+
+def _as_residual(sel: Selection) -> Selection:
     params = {k: sel.params[k] for k in ("seed", "solver")}
     return Selection(
         sel.keep_idx, sel.order, sel.gain, sel._residual, "residual", sel.n_tokens, sel.energy, None, params, ()
     )
+
+
+def _batch_residual(tokens, keep, queries, internals, **hparams) -> list[Selection]:  # noqa: ANN001
+    for t, q in zip(tokens, queries):
+        check_query(q, check_tokens(t).shape[1])  # validated, then ignored
+    sels = _batch_resprune(tokens, keep, [None] * len(tokens), internals, alpha=0.0, **hparams)
+    return [_as_residual(s) for s in sels]
+
+
+register_batch("residual", _batch_residual)
 
 
 @register("relevance", summary="Text relevance alone: one-pass top-K by r (ResPrune ablation)", text_aware=True)
