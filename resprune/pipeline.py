@@ -20,7 +20,7 @@ import torch
 from ._checks import check_keep
 from .adapters import ADAPTERS, Adapter, ImageTokens, adapter_for
 from .methods._common import split_budget
-from .registry import DEFAULT_METHOD, MethodInfo, method_info
+from .registry import DEFAULT_METHOD, MethodInfo, batch_variant, method_info
 from .text import query_embeddings
 from .timing import synchronize
 from .types import PER_TOKEN_INTERNALS, PRUNE_OPTIONS, VIEW_NEWLINE, PruneResult, Selection
@@ -91,18 +91,22 @@ def prune(
     words, text_query = query_embeddings(model, tokenizer, prompt, opts["query"])
     embeds = _embed(model, inputs["input_ids"], image_mask, images)
 
-    selections, keeps, ks, t_sel = [], [], [], 0.0
-    for i, im in enumerate(images):
-        internals = dict(im.internals)
-        if llm_scores is not None:
-            internals["llm_attention"] = llm_scores[i]
-        t0 = time.perf_counter()
-        sel, k = _select_image(model, adapter, info, im, keep, text_query, internals, opts, hparams)
-        synchronize(model.device)
-        t_sel += time.perf_counter() - t0
-        selections.append(sel)
-        ks.append(k)
-        keeps.append(_kept_positions(embeds, i, sel, image_mask, _attention_mask(inputs)))
+    t0 = time.perf_counter()
+    selections = _select_batch(info, images, keep, text_query, opts, hparams)
+    if selections is not None:
+        ks = [sel.keep for sel in selections]
+    else:  # image by image (per-crop budgets, newline policies, methods without a batch variant)
+        selections, ks = [], []
+        for i, im in enumerate(images):
+            internals = dict(im.internals)
+            if llm_scores is not None:
+                internals["llm_attention"] = llm_scores[i]
+            sel, k = _select_image(model, adapter, info, im, keep, text_query, internals, opts, hparams)
+            selections.append(sel)
+            ks.append(k)
+    synchronize(model.device)
+    t_sel = time.perf_counter() - t0
+    keeps = [_kept_positions(embeds, i, sel, image_mask, _attention_mask(inputs)) for i, sel in enumerate(selections)]
 
     gen, lmax = _assemble(model, adapter, inputs, embeds, keeps, positions)
     stats = {
@@ -246,6 +250,36 @@ def _embed(model: Any, input_ids: torch.Tensor, image_mask: torch.Tensor, images
     embeds = model.get_input_embeddings()(input_ids.to(dev))
     vis_all = torch.cat([im.tokens for im in images]).to(embeds.dtype)
     return embeds.masked_scatter(image_mask.to(dev)[..., None], vis_all)
+
+
+def _select_batch(
+    info: MethodInfo,
+    images: list[ImageTokens],
+    keep: int,
+    query: torch.Tensor | None,
+    opts: dict[str, str],
+    hparams: dict[str, Any],
+) -> list[Selection] | None:
+    """All images at once through the method's batched variant (lock-step on the model's device), where every
+    image is one whole selection (no forced newlines, no per-crop split); None otherwise."""
+    fn = batch_variant(info.name)
+    if fn is None or len(images) < 2:
+        return None
+    items, extras = [], []
+    for im in images:
+        n = im.tokens.shape[0]
+        cand, forced, _ = _candidates(im.view, min(keep, n), opts["newlines"])
+        if cand.numel() != n or forced.numel() or (opts["budget"] == "per-crop" and "crops" in im.internals):
+            return None
+        items.append(im.tokens.detach().float())
+        extra = {name: im.internals[name] for name in info.requires}
+        extra.update(
+            {n_: im.internals[i] for n_, i in info.optional.items() if n_ not in hparams and i in im.internals}
+        )
+        extras.append(extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # prune already warned about keep >= N
+        return fn(items, keep, [query if info.text_aware else None] * len(items), extras, **hparams)
 
 
 def _select_image(

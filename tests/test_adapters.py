@@ -110,7 +110,7 @@ def test_answer_reports_words_and_savings(family):
     assert a.result.selections[0].params["seed"] == expected_seed  # without [CLS]: the max-norm token
 
 
-@pytest.mark.parametrize("method", ["residual", "visionzip", "cdpruner"])
+@pytest.mark.parametrize("method", ["resprune", "residual", "divprune", "visionzip", "cdpruner"])
 def test_batch_equals_per_sample(family, method):
     name, model, proc = family
     if _lacking(model, method):

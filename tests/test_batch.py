@@ -160,3 +160,59 @@ def test_on_the_gpu_equals_the_cpu():
             assert np.array_equal(a.order.numpy(), b.order.cpu().numpy())
             half = select(t.half(), 64, method, **kw)
             assert np.array_equal(half.order.numpy(), c.order.cpu().numpy())
+
+
+def test_prune_runs_a_batch_through_the_batched_variant(tiny_llava, monkeypatch):
+    """Two images in one ``prune`` call: one call of the method's batched variant, selections equal to prune on
+    each image alone (``test_adapters.test_batch_equals_per_sample`` checks the logits on every family)."""
+    from helpers import make_image
+
+    from resprune import registry
+    from resprune.generate import chat_prompt
+    from resprune.pipeline import prune
+
+    model, proc = tiny_llava
+    calls = []
+    real = registry._BATCH["resprune"]
+    monkeypatch.setitem(registry._BATCH, "resprune", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    proc.tokenizer.padding_side = "left"
+    imgs = [make_image(640, 480, 1), make_image(300, 420, 2)]
+    texts = [chat_prompt(proc, "red circle"), chat_prompt(proc, "blue square")]
+    res = prune(
+        model,
+        proc(images=imgs, text=texts, return_tensors="pt", padding=True),
+        "resprune",
+        12,
+        processor=proc,
+        prompt="red circle",
+    )
+    assert calls == [2]
+    for i in range(2):
+        one = prune(
+            model,
+            proc(images=imgs[i], text=texts[i], return_tensors="pt"),
+            "resprune",
+            12,
+            processor=proc,
+            prompt="red circle",
+        )
+        _same(res.selections[i], one.selections[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run scripts/gpu_check.sh on a GPU machine)")
+def test_prune_on_the_gpu_equals_the_cpu(tiny_llava):
+    """The model on CUDA: processor outputs follow it, the selection runs on the device, same picks as on the CPU."""
+    import copy
+
+    from helpers import make_image, make_inputs
+
+    from resprune.pipeline import prune
+
+    model, proc = tiny_llava
+    inputs = make_inputs(proc, make_image())
+    gpu = copy.deepcopy(model).cuda()
+    for method in BATCHED:
+        cpu_sel = prune(model, inputs, method, 16, processor=proc, prompt="red circle").selections[0]
+        gpu_res = prune(gpu, inputs, method, 16, processor=proc, prompt="red circle")
+        assert gpu_res.stats["selection_seconds"] > 0
+        assert torch.equal(cpu_sel.order, gpu_res.selections[0].order.cpu())

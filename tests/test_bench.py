@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from resprune.bench import __main__ as dispatch
 from resprune.bench import scenes as bench_scenes
@@ -21,6 +22,17 @@ def test_select_bench_small(capsys):
     # ResPrune's arithmetic floors are timed in the same run, and its ratio to the float32 floor is printed
     assert {bench_select.FLOOR_F64, *bench_select.FLOOR_F32} <= names
     assert "| **resprune / float32 floor** |" in table
+    # batched vs looped, and the device / dtype flags (the CPU here; cuda where there is one)
+    brows = bench_select.run_batch(n=40, k=4, batch=3, dim=16, repeats=1, dtype=torch.bfloat16)
+    assert [r["method"] for r in brows] == list(bench_select.BATCHED) and all(r["speedup"] > 0 for r in brows)
+    assert "| resprune |" in bench_select.format_batch_table(brows)
+    argv = ["select", "--n", "30", "--k", "3", "--dim", "16", "--repeats", "1", "--methods", "resprune"]
+    assert dispatch.main([*argv, "--batch", "2", "--device", "auto", "--dtype", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "float16 on cpu" in out and "one select_batch" in out
+    with pytest.raises(SystemExit):
+        dispatch.main([*argv, "--device", "nope"])
+    assert "--device: device must be" in capsys.readouterr().err
     assert (
         dispatch.main(["select", "--n", "30", "--k", "3", "--dim", "16", "--repeats", "1", "--methods", "random"]) == 0
     )
@@ -86,3 +98,39 @@ def test_prefill_bench_small(capsys):
         == 0
     )
     assert "| 32 |" in capsys.readouterr().out
+    # --device / --dtype / --image-size: a bfloat16 model of LLaVA-NeXT's token count (756 px: 54 x 54 = 2916)
+    small = ["prefill", "--layers", "1", "--hidden", "64", "--heads", "4", "--ffn", "128", "--repeats", "1"]
+    assert (
+        dispatch.main([*small, "--keep", "320", "--device", "auto", "--dtype", "bfloat16", "--image-size", "756"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "2916 visual" in out and "| 320 |" in out and "bfloat16 on" in out
+    for bad, msg in ((["--device", "nope"], "--device: device must be"), (["--image-size", "300"], "multiple of 14")):
+        with pytest.raises(SystemExit):
+            dispatch.main([*small, *bad])
+        assert msg in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path):
+    """scripts/gpu_check.sh with CHECK_DEVICE=cpu CHECK_QUICK=1: every step runs, every output file is written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, CHECK_DEVICE="cpu", CHECK_QUICK="1", PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(root / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    for name in ("device.txt", "tests.txt", "select.txt", "select.json", "prefill-llava.json", "prefill-next.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    assert "2916 visual" in (tmp_path / "out" / "prefill-next.txt").read_text()
+    assert "exit status: 0" in (tmp_path / "out" / "tests.txt").read_text()

@@ -31,7 +31,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 import warnings
 from typing import Any
 
@@ -39,14 +38,25 @@ import torch
 
 from ..generate import _cache_of, kv_cache_bytes, prefill_flops
 from ..pipeline import prune
+from ..timing import measure
 
 TEXT_TOKENS = 58  # LLaVA-1.5's system prompt (~35 tokens with BOS and USER:) + a question + " ASSISTANT:"
 REAL_LAYERS = 32
 QUESTION = "What is the man in the red shirt holding?"
 
 
-def build(layers: int = 2, hidden: int = 4096, heads: int = 32, ffn: int = 11008, vocab: int = 32064) -> Any:
-    """A ``LlavaForConditionalGeneration`` with LLaVA-1.5-7B's LM shape and ``layers`` layers (random weights)."""
+def build(
+    layers: int = 2,
+    hidden: int = 4096,
+    heads: int = 32,
+    ffn: int = 11008,
+    vocab: int = 32064,
+    image_size: int = 336,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """A ``LlavaForConditionalGeneration`` with LLaVA-1.5-7B's LM shape and ``layers`` layers (random weights) on
+    ``device``; ``image_size`` 336 gives LLaVA-1.5's 576 visual tokens, 756 gives 2916 (LLaVA-NeXT-7B's ~2880)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(0)
@@ -56,7 +66,7 @@ def build(layers: int = 2, hidden: int = 4096, heads: int = 32, ffn: int = 11008
             intermediate_size=128,
             num_hidden_layers=2,
             num_attention_heads=2,
-            image_size=336,
+            image_size=image_size,
             patch_size=14,
         ),
         text_config=LlamaConfig(
@@ -72,7 +82,9 @@ def build(layers: int = 2, hidden: int = 4096, heads: int = 32, ffn: int = 11008
         vision_feature_layer=-2,
     )
     cfg.text_config._attn_implementation = "sdpa"
-    return LlavaForConditionalGeneration(cfg).eval()
+    with torch.device(device):  # random init where the model lives (a 32-layer 7B model would be slow on the CPU)
+        model = LlavaForConditionalGeneration(cfg)
+    return model.to(dtype).eval()
 
 
 def inputs_for(model: Any, text_tokens: int = TEXT_TOKENS, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -84,7 +96,8 @@ def inputs_for(model: Any, text_tokens: int = TEXT_TOKENS, seed: int = 0) -> dic
     ids = torch.randint(3, cfg.text_config.vocab_size - 2, (1, text_tokens), generator=g)
     ids = torch.cat([ids[:, :before], torch.full((1, n), cfg.image_token_id), ids[:, before:]], 1)
     pv = torch.randn(1, 3, cfg.vision_config.image_size, cfg.vision_config.image_size, generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pv}
+    dev, dtype = model.device, model.dtype
+    return {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev), "pixel_values": pv.to(dev, dtype)}
 
 
 def run(
@@ -99,7 +112,8 @@ def run(
     results = {}
     cfg = model.config.text_config
     g = torch.Generator().manual_seed(1)
-    w = torch.randn(cfg.hidden_size, cfg.intermediate_size, generator=g)  # one FFN-shaped weight
+    dev, dtype = model.device, model.dtype
+    w = torch.randn(cfg.hidden_size, cfg.intermediate_size, generator=g).to(dev, dtype)  # one FFN-shaped weight
     with torch.no_grad():
         for k in keeps:
             with warnings.catch_warnings():
@@ -109,20 +123,17 @@ def run(
             nbytes, length = kv_cache_bytes(_cache_of(out))
             seq = res.stats["seq_len_after"]
             results[k] = {"res": res, "kv_bytes": nbytes, "kv_len": length, "prefill": [], "select": [], "gemm": []}
-            results[k]["x"] = torch.randn(seq, cfg.hidden_size, generator=g)
+            results[k]["x"] = torch.randn(seq, cfg.hidden_size, generator=g).to(dev, dtype)
         for _ in range(repeats):  # interleaved: every budget once per round
             for k in keeps:
                 r = results[k]
-                t0 = time.perf_counter()
-                torch.mm(r["x"], w)
-                r["gemm"].append(time.perf_counter() - t0)
+                r["gemm"].append(measure(lambda: torch.mm(r["x"], w), dev).seconds[0])  # noqa: B023
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     res = prune(model, inputs, "resprune", k, prompt=QUESTION)
                 r["select"].append(res.stats["selection_seconds"])
-                t0 = time.perf_counter()
-                model(**r["res"].generate_kwargs, use_cache=True, logits_to_keep=1)
-                r["prefill"].append(time.perf_counter() - t0)
+                gen = r["res"].generate_kwargs
+                r["prefill"].append(measure(lambda: model(**gen, use_cache=True, logits_to_keep=1), dev).seconds[0])  # noqa: B023
     base = statistics.median(results[n]["prefill"])
     base_gemm = statistics.median(results[n]["gemm"])
     base_len = results[n]["res"].stats["seq_len_after"]
@@ -159,10 +170,17 @@ def run(
         "visual_tokens": n,
         "text_tokens": inputs["input_ids"].shape[1] - n,
         "repeats": repeats,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": _machine(dev),
+        "dtype": str(dtype).replace("torch.", ""),
         "torch": torch.__version__,
     }
     return {"rows": rows, "setup": setup}
+
+
+def _machine(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads"
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -170,7 +188,7 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [
         f"LLaVA-1.5-7B LM shape (hidden {s['hidden']}, {s['heads']} heads, FFN {s['ffn']}), {s['layers']} of "
         f"{s['real_layers']} layers, {s['visual_tokens']} visual + {s['text_tokens']} text tokens, median of "
-        f"{s['repeats']}; {s['machine']}",
+        f"{s['repeats']}; {s.get('dtype', 'float32')} on {s['machine']}",
         "",
         "| keep K | sequence | prefill speedup (measured) | FLOPs bound | measured / bound | GEMM ceiling | "
         f"measured / ceiling | KV cache (measured, {s['layers']} layers fp32) | KV cache (32 layers fp16) | "
@@ -198,8 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ffn", type=int, default=11008)
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"), help="default: by device")
+    p.add_argument("--image-size", type=int, default=336, help="336: 576 visual tokens; 756: 2916 (LLaVA-NeXT size)")
     a = p.parse_args(argv)
-    model = build(a.layers, a.hidden, a.heads, a.ffn)
+    from ..loading import ModelLoadError, default_dtype, resolve_device
+
+    try:
+        dev = resolve_device(a.device)
+    except ModelLoadError as e:
+        p.error(f"--device: {e}")
+    if a.image_size < 14 or a.image_size % 14:
+        p.error(f"--image-size must be a positive multiple of 14 (the patch size), got {a.image_size}")
+    dtype = getattr(torch, a.dtype) if a.dtype else default_dtype(dev)
+    model = build(a.layers, a.hidden, a.heads, a.ffn, image_size=a.image_size, device=str(dev), dtype=dtype)
     summary = run(tuple(sorted(set(a.keep), reverse=True)), a.layers, a.repeats, model=model)
     print(format_table(summary))
     if a.json:

@@ -11,23 +11,22 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import torch
 
-from .. import list_methods, method_info, select
+from .. import list_methods, method_info, select, select_batch
+from ..timing import measure
 
 
-def _paired_times(fn, ref, repeats: int) -> tuple[float, float]:  # noqa: ANN001
-    """Median times of ``fn`` and ``ref``, timed alternately so that load from other processes hits both alike."""
+def _paired_times(fn, ref, repeats: int, device: torch.device | str = "cpu") -> tuple[float, float]:  # noqa: ANN001
+    """Median times of ``fn`` and ``ref``, timed alternately so that load from other processes hits both alike
+    (the device synchronised around each call)."""
     fn()
     ref()  # warm-up
     t_fn, t_ref = [], []
     for _ in range(repeats):
         for f, out in ((ref, t_ref), (fn, t_fn)):
-            t0 = time.perf_counter()
-            f()
-            out.append(time.perf_counter() - t0)
+            out.append(measure(f, device).seconds[0])
     return statistics.median(t_fn), statistics.median(t_ref)
 
 
@@ -37,18 +36,17 @@ def run(
     dim: int = 4096,
     repeats: int = 7,
     methods: list[str] | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> list[dict]:
-    """Time every method (and ResPrune's two solvers) on random float32 tokens; returns one row per setting."""
+    """Time every method (and ResPrune's two solvers) on random tokens; returns one row per setting."""
     torch.manual_seed(0)
     methods = methods or [m for m in list_methods() if not method_info(m).requires]
     rows = []
     with torch.no_grad():
         for n in ns:
-            tokens = torch.randn(n, dim)
-            # tokens with shared structure, as projected tokens have: low-rank part plus noise
-            tokens = tokens * 0.3 + torch.randn(n, 64) @ torch.randn(64, dim)
-            query = torch.randn(4, dim)
-            layer = torch.nn.Linear(dim, dim, bias=False)
+            tokens, query = _tokens(n, dim, device, dtype)
+            layer = torch.nn.Linear(dim, dim, bias=False).to(device, dtype)
             for k in ks:
                 variants = [(m, m, {}) for m in methods]
                 if "resprune" in methods:
@@ -62,14 +60,81 @@ def run(
                         lambda: select(tokens, k, m, query=q, **hp),  # noqa: B023
                         lambda: layer(tokens),  # noqa: B023
                         repeats,
+                        device,
                     )  # noqa: B023
-                    rows.append(dict(method=label, n=n, k=k, d=dim, seconds=t, ref_seconds=ref, ratio=t / ref))
+                    rows.append(
+                        dict(
+                            method=label,
+                            n=n,
+                            k=k,
+                            d=dim,
+                            seconds=t,
+                            ref_seconds=ref,
+                            ratio=t / ref,
+                            device=str(device),
+                            dtype=str(dtype).replace("torch.", ""),
+                        )
+                    )
                 if "resprune" in methods:  # the arithmetic floors of a greedy residual selection, same run
-                    v64 = tokens.double().numpy()
+                    v64 = tokens.double().cpu().numpy() if tokens.device.type == "cpu" else tokens.double()
                     for label, fn in _floors(tokens, v64, k).items():
-                        t, ref = _paired_times(fn, lambda: layer(tokens), repeats)  # noqa: B023
+                        t, ref = _paired_times(fn, lambda: layer(tokens), repeats, device)  # noqa: B023
                         rows.append(dict(method=label, n=n, k=k, d=dim, seconds=t, ref_seconds=ref, ratio=t / ref))
     return rows
+
+
+def _tokens(n: int, dim: int, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens with shared structure, as projected tokens have (a rank-64 part plus noise), and a 4-word query."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(n, dim, generator=g) * 0.3 + torch.randn(n, 64, generator=g) @ torch.randn(
+        64, dim, generator=g
+    )
+    return tokens.to(device, dtype), torch.randn(4, dim, generator=g).to(device, dtype)
+
+
+BATCHED = ("resprune", "divprune", "cdpruner")
+
+
+def run_batch(
+    n: int = 576,
+    k: int = 64,
+    batch: int = 16,
+    dim: int = 4096,
+    repeats: int = 3,
+    methods: tuple[str, ...] = BATCHED,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[dict]:
+    """``select_batch`` on B images against B single ``select`` calls (same tokens, timed alternately)."""
+    images = [_tokens(n, dim, device, dtype, seed=b) for b in range(batch)]
+    tokens = [t for t, _ in images]
+    query = images[0][1]
+    rows = []
+    with torch.no_grad():
+        for m in methods:
+            q = query if method_info(m).text_aware else None
+            batched, looped = _paired_times(
+                lambda: select_batch(tokens, k, m, query=q),  # noqa: B023
+                lambda: [select(t, k, m, query=q) for t in tokens],  # noqa: B023
+                repeats,
+                device,
+            )
+            rows.append(dict(method=m, n=n, k=k, batch=batch, looped=looped, batched=batched, speedup=looped / batched))
+    return rows
+
+
+def format_batch_table(rows: list[dict]) -> str:
+    r0 = rows[0]
+    head = f"| method (B={r0['batch']}, N={r0['n']}, K={r0['k']}) | {r0['batch']} single calls"
+    lines = [
+        head + " | one select_batch | speedup |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['looped'] * 1e3:.0f} ms | {r['batched'] * 1e3:.0f} ms | {r['speedup']:.2f}x |"
+        for r in rows
+    ]
+    return "\n".join(lines)
 
 
 FLOOR_F32 = ("floor: Gram GEMM (float32)", "floor: K mat-vecs (float32)")
@@ -111,8 +176,8 @@ def format_table(rows: list[dict]) -> str:
         "alternately in "
         "the same run. "
         + ", ".join(f"reference at N={n}: {t * 1e3:.1f} ms" for n, t in sorted(refs.items()))
-        + f"; D={rows[0]['d']}, float32, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        + f"{platform.machine()}."
+        + f"; D={rows[0]['d']}, {rows[0].get('dtype', 'float32')} on {rows[0].get('device', 'cpu')}, "
+        + f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}."
     )
     return "\n".join(lines)
 
@@ -125,9 +190,26 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all pre-LLM)")
     p.add_argument("--json", default=None, help="also write the rows as JSON to this path")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--batch", type=int, default=0, help="also time select_batch on B images vs B single calls")
     a = p.parse_args(argv)
-    rows = run(tuple(a.n), tuple(a.k), a.dim, a.repeats, a.methods)
+    from ..loading import ModelLoadError, resolve_device
+
+    try:
+        device = str(resolve_device(a.device))
+    except ModelLoadError as e:
+        p.error(f"--device: {e}")
+    dtype = getattr(torch, a.dtype)
+    if a.batch < 0:
+        p.error("--batch must be >= 0")
+    rows = run(tuple(a.n), tuple(a.k), a.dim, a.repeats, a.methods, device, dtype)
     print(format_table(rows))
+    if a.batch:
+        batch_rows = run_batch(a.n[0], a.k[0], a.batch, a.dim, a.repeats, BATCHED, device, dtype)
+        print()
+        print(format_batch_table(batch_rows))
+        rows = rows + batch_rows
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
