@@ -54,33 +54,22 @@ def run(
                         ("resprune[gs]", "resprune", {"solver": "gs"}),
                         ("resprune[gram]", "resprune", {"solver": "gram"}),
                     ]
-                for label, m, hp in variants:
-                    q = query if method_info(m).text_aware else None
-                    t, ref = _paired_times(
-                        lambda: select(tokens, k, m, query=q, **hp),  # noqa: B023
-                        lambda: layer(tokens),  # noqa: B023
-                        repeats,
-                        device,
-                    )  # noqa: B023
-                    rows.append(
-                        dict(
-                            method=label,
-                            n=n,
-                            k=k,
-                            d=dim,
-                            seconds=t,
-                            ref_seconds=ref,
-                            ratio=t / ref,
-                            device=str(device),
-                            dtype=str(dtype).replace("torch.", ""),
-                        )
-                    )
+                timed = [
+                    (label, lambda m=m, hp=hp: select(tokens, k, m, query=_q(m, query), **hp))  # noqa: B023
+                    for label, m, hp in variants
+                ]
                 if "resprune" in methods:  # the arithmetic floors of a greedy residual selection, same run
                     v64 = tokens.double().cpu().numpy() if tokens.device.type == "cpu" else tokens.double()
-                    for label, fn in _floors(tokens, v64, k).items():
-                        t, ref = _paired_times(fn, lambda: layer(tokens), repeats, device)  # noqa: B023
-                        rows.append(dict(method=label, n=n, k=k, d=dim, seconds=t, ref_seconds=ref, ratio=t / ref))
+                    timed += list(_floors(tokens, v64, k).items())
+                for label, fn in timed:
+                    t, ref = _paired_times(fn, lambda: layer(tokens), repeats, device)  # noqa: B023
+                    row = dict(method=label, n=n, k=k, d=dim, seconds=t, ref_seconds=ref, ratio=t / ref)
+                    rows.append(dict(row, device=str(device), dtype=str(dtype).replace("torch.", "")))
     return rows
+
+
+def _q(method: str, query: torch.Tensor) -> torch.Tensor | None:
+    return query if method_info(method).text_aware else None
 
 
 def _tokens(n: int, dim: int, device: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +101,7 @@ def run_batch(
     rows = []
     with torch.no_grad():
         for m in methods:
-            q = query if method_info(m).text_aware else None
+            q = _q(m, query)
             batched, looped = _paired_times(
                 lambda: select_batch(tokens, k, m, query=q),  # noqa: B023
                 lambda: [select(t, k, m, query=q) for t in tokens],  # noqa: B023
