@@ -134,3 +134,30 @@ def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     assert "2916 visual" in (tmp_path / "out" / "prefill-next.txt").read_text()
     assert "exit status: 0" in (tmp_path / "out" / "tests.txt").read_text()
+
+
+def test_paired_comparison_on_a_constructed_case():
+    """Method a is right on 40 questions where b is wrong and wrong on 5 where b is right (55 both right): McNemar
+    finds it (exact p = 2 * P(X <= 5), X ~ Bin(45, 1/2)); c equals b: no difference; the table says who beats whom."""
+    from collections import defaultdict
+
+    by = defaultdict(list)
+    for q in range(100):
+        b_right = q >= 40
+        a_right = q < 95
+        for m, right in (("a", a_right), ("b", b_right), ("c", b_right)):
+            by[(m, 0.22)].append(dict(question=q, correct=right))
+    pairs = {(p["a"], p["b"]): p for p in bench_scenes.paired(by, (1.0, 0.22))}
+    ab = pairs[("a", "b")]
+    assert (ab["a_only"], ab["b_only"], ab["n"]) == (40, 5, 100) and ab["diff"] == pytest.approx(0.35)
+    expected = 2 * sum(math.comb(45, i) for i in range(6)) / 2**45
+    assert ab["p"] == pytest.approx(expected) and ab["p"] < 1e-6
+    assert ab["p_holm"] == pytest.approx(min(1.0, 3 * expected)) and ab["significant"]
+    bc = pairs[("b", "c")]
+    assert (bc["a_only"], bc["b_only"], bc["p"], bc["significant"]) == (0, 0, 1.0, False)
+    summary = {"paired": list(pairs.values())}
+    assert bench_scenes.beats(summary, "a", 0.22) == ["b", "c"] and bench_scenes.beats(summary, "b", 0.22) == []
+    # the defaults: >= 1,000 questions per (method, budget) cell
+    import inspect
+
+    assert inspect.signature(bench_scenes.run).parameters["n_questions"].default >= 1000

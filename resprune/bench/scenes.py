@@ -7,7 +7,10 @@ normal approximation over questions for recall and time):
 - answer accuracy, overall and per question type (greedy answer, exact match after normalisation);
 - relevant-token recall: the share of the tokens covering the objects the question is about that were kept
   (a token counts when at least 25 % of its pixel box lies on an object's mask);
-- mean selection time.
+- mean selection time;
+- paired comparisons: at each budget, every pair of methods on the same questions, with an exact McNemar test
+  (two-sided binomial test on the discordant questions), Holm-corrected over the pairs of that budget; the table
+  marks which methods each one beats significantly (p < 0.05).
 
 Writes a markdown table (stdout and ``--md``), a plot (``--plot``; accuracy and recall vs kept fraction, one
 line per method) and, with ``--json``, every number.
@@ -58,7 +61,7 @@ def normalise(answer: str) -> str:
 
 
 def run(
-    n_questions: int = 300, methods: list[str] | None = None, fractions: tuple[float, ...] = FRACTIONS, log: Any = None
+    n_questions: int = 1000, methods: list[str] | None = None, fractions: tuple[float, ...] = FRACTIONS, log: Any = None
 ) -> dict:
     import torch
 
@@ -96,6 +99,7 @@ def run(
                             keep=_keep(frac, model, processor, image, q.text),
                             max_new_tokens=4,
                             compare=False,
+                            timing_repeats=1,
                         )
                     except (ValueError, TypeError) as e:  # a method that cannot run on this model
                         records.append(dict(method=m, frac=frac, error=str(e)))
@@ -105,6 +109,7 @@ def run(
                     rec = dict(
                         method=m,
                         frac=frac,
+                        question=i,
                         type=q.type,
                         correct=normalise(ans.pruned) == normalise(q.answer),
                         recall=token_recall(sel, rel) if rel is not None else float("nan"),
@@ -152,12 +157,95 @@ def summarise(records: list[dict], methods: list[str], fractions: tuple[float, .
         row["recall"] = mean_ci([r["recall"] for r in rs])
         row["seconds"] = mean_ci([r["seconds"] for r in rs])
         out["rows"].append(row)
+    out["paired"] = paired(by, fractions)
     return out
+
+
+def mcnemar(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for ``b`` and ``c`` discordant pairs (binomial(b + c, 1/2)).
+
+    >>> round(mcnemar(10, 2), 4), mcnemar(5, 5), mcnemar(0, 0)
+    (0.0386, 1.0, 1.0)
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-adjusted p-values (family-wise error over the list).
+
+    >>> holm([0.01, 0.04, 0.03])
+    [0.03, 0.06, 0.06]
+    """
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted = [0.0] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return [round(a, 12) for a in adjusted]
+
+
+def paired(by: dict, fractions: tuple[float, ...], alpha: float = 0.05) -> list[dict]:
+    """Every pair of methods at every budget below 100 %, on the questions both answered: accuracy difference,
+    discordant counts (``a_only``: a right and b wrong), exact McNemar p, Holm-adjusted within the budget."""
+    out = []
+    for f in fractions:
+        if f >= 1.0:
+            continue
+        correct = {m: {r["question"]: r["correct"] for r in rs} for (m, fr), rs in by.items() if fr == f}
+        names = sorted(correct)
+        pairs = []
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                common = sorted(set(correct[a]) & set(correct[b]))
+                a_only = sum(correct[a][q] and not correct[b][q] for q in common)
+                b_only = sum(correct[b][q] and not correct[a][q] for q in common)
+                diff = (a_only - b_only) / len(common) if common else float("nan")
+                pairs.append(
+                    dict(
+                        frac=f,
+                        a=a,
+                        b=b,
+                        n=len(common),
+                        a_only=a_only,
+                        b_only=b_only,
+                        diff=diff,
+                        p=mcnemar(a_only, b_only),
+                    )
+                )
+        for pair, adj in zip(pairs, holm([pr["p"] for pr in pairs])):
+            pair["p_holm"] = adj
+            pair["significant"] = adj < alpha
+        out += pairs
+    return out
+
+
+def beats(summary: dict, method: str, frac: float) -> list[str]:
+    """The methods that ``method`` answers significantly better than at ``frac`` (paired, Holm-corrected)."""
+    out = []
+    for pr in summary.get("paired", []):
+        if pr["frac"] == frac and pr["significant"] and method in (pr["a"], pr["b"]):
+            winner, loser = (pr["a"], pr["b"]) if pr["diff"] > 0 else (pr["b"], pr["a"])
+            if winner == method:
+                out.append(loser)
+    return sorted(out)
 
 
 def format_table(summary: dict) -> str:
     types = summary["types"]
-    head = ["method", "kept", "accuracy", *types, "relevant-token recall", "selection time"]
+    head = [
+        "method",
+        "kept",
+        "accuracy",
+        *types,
+        "relevant-token recall",
+        "selection time",
+        "significantly better than",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
     for r in summary["rows"]:
         acc = lambda v: f"{100 * v[0]:.1f} ({100 * v[1]:.0f}–{100 * v[2]:.0f})"  # noqa: E731
@@ -166,12 +254,14 @@ def format_table(summary: dict) -> str:
         rc = r["recall"]
         cells.append(f"{100 * rc[0]:.1f} ± {100 * (rc[2] - rc[0]):.1f}" if not math.isnan(rc[0]) else "")
         cells.append(f"{1000 * r['seconds'][0]:.2f} ms")
+        cells.append(", ".join(beats(summary, r["method"], r["frac"])) if r["frac"] < 1.0 else "")
         lines.append("| " + " | ".join(cells) + " |")
     n = summary["rows"][0]["n"] if summary["rows"] else 0
     lines.append("")
     lines.append(
         f"{n} test questions; accuracy in % with Wilson 95 % intervals, per-type columns in %; recall "
-        "in % ± 95 % half-width; selection time is the mean per image."
+        "in % ± 95 % half-width; selection time is the mean per image; 'significantly better than': exact McNemar "
+        "test on the same questions, Holm-corrected over the pairs of that budget, p < 0.05."
     )
     for m, e in summary["errors"].items():
         lines.append(f"- `{m}` did not run on this model: {e}")
@@ -212,7 +302,7 @@ def plot(summary: dict, path: str) -> None:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m resprune.bench scenes", description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=300, help="number of test questions")
+    p.add_argument("--n", type=int, default=1000, help="number of test questions (per method and budget)")
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--json", default=None, help="write every number as JSON here")
     p.add_argument("--md", default=None, help="write the markdown table here")
