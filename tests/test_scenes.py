@@ -8,6 +8,8 @@ import pytest
 from resprune import scenes
 from resprune.scenes.world import COLOURS, NUMBERS, SPLITS
 
+WORLD1_TEST0_SHA256 = "aebffd876c6ef20e616bfb0ba267d254d0689235d65e08d03d89e14c3b20d8cb"  # as before world 2 existed
+
 
 def test_deterministic():
     a, b = scenes.sample(123), scenes.sample(123)
@@ -40,9 +42,10 @@ def test_masks_are_exact_and_disjoint(seed):
     assert union.max() <= 1  # objects never overlap
 
 
+@pytest.mark.parametrize("world", [1, 2])
 @pytest.mark.parametrize("seed", range(40))
-def test_answers_follow_from_the_objects(seed):
-    s = scenes.sample(seed)
+def test_answers_follow_from_the_objects(seed, world):
+    s = scenes.sample(seed, world=world)
     for q in s.questions:
         if q.type == "count":
             shape = q.text.split()[2][:-1]
@@ -63,6 +66,56 @@ def test_answers_follow_from_the_objects(seed):
             assert expect[q.answer]
         else:
             raise AssertionError(q.type)
+
+
+def test_world_1_is_unchanged_and_world_2_deterministic():
+    """World 1 stays bit-identical (the v1 model's world); world 2 is a pure function of the seed, and differs."""
+    import hashlib
+
+    v1 = hashlib.sha256(np.asarray(scenes.sample(20_000_000).image).tobytes()).hexdigest()
+    assert v1 == WORLD1_TEST0_SHA256
+    assert np.array_equal(np.asarray(scenes.sample(5, world=1).image), np.asarray(scenes.sample(5).image))
+    a, b = scenes.sample(7, world=2), scenes.sample(7, world=2)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and [q.text for q in a.questions] == [
+        q.text for q in b.questions
+    ]
+    assert not np.array_equal(np.asarray(a.image), np.asarray(scenes.sample(7).image))
+    with pytest.raises(ValueError, match=r"world must be one of \(1, 2\)"):
+        scenes.sample(1, world=3)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_world_2_masks_are_the_visible_pixels(seed):
+    """Overlaps allowed: masks are disjoint visible parts, each inside its object's shape, none occluded by more than
+    MAX_OCCLUDED; its pixels carry the object's colour (shaded, lit) and the image is textured (not flat)."""
+    from resprune.scenes.world import MAX_OCCLUDED, _shape_mask
+
+    s = scenes.sample(20_000_000 + seed, world=2)
+    pix = np.asarray(s.image).astype(float)
+    union = np.zeros(pix.shape[:2], dtype=int)
+    for o in s.objects:
+        full = _shape_mask(o.shape, o.x, o.y, o.r)
+        assert not (o.mask & ~full).any()  # visible pixels lie inside the shape
+        assert o.mask.sum() >= (1 - MAX_OCCLUDED) * full.sum() - 1
+        union += o.mask
+        mean = pix[o.mask].mean(0)
+        ref = np.array(COLOURS[o.colour], dtype=float)
+        assert np.argmax(mean) == np.argmax(ref) or o.colour == "yellow"  # the dominant channel survives lighting
+        assert np.abs(mean / max(mean.max(), 1) - ref / ref.max()).max() < 0.35
+    assert union.max() <= 1
+    background = pix[union == 0]
+    assert background.std(0).mean() > 6  # textured: world 1's backgrounds vary by ~3 (noise only)
+    assert 2 <= len(s.objects) <= 7
+
+
+def test_world_2_has_overlaps_and_clutter():
+    from resprune.scenes.world import _shape_mask
+
+    overlapping = 0
+    for seed in range(60):
+        s = scenes.sample(20_000_000 + seed, world=2)
+        overlapping += any((_shape_mask(o.shape, o.x, o.y, o.r) & ~o.mask).any() for o in s.objects)
+    assert overlapping >= 5  # some scenes have occluded objects
 
 
 def test_existence_is_balanced():

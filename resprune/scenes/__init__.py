@@ -1,7 +1,8 @@
 """The scene world and its offline model: procedural images with exact object masks, questions with ground truth.
 
 ``sample(seed)`` gives a scene (``.image``, ``.objects`` with boolean masks, ``.questions`` with ``.text``,
-``.answer``, ``.type`` and ``.objects``). Splits are disjoint seed ranges (``split_seeds``).
+``.answer``, ``.type`` and ``.objects``); ``sample(seed, world=2)`` the textured, cluttered world 2. Splits are
+disjoint seed ranges (``split_seeds``), the same for both worlds.
 """
 
 from __future__ import annotations
@@ -9,14 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from .world import QUESTION_TYPES, SPLITS, Question, Scene, SceneObject, sample, split_seeds, vocabulary
+from .world import QUESTION_TYPES, SPLITS, WORLDS, Question, Scene, SceneObject, sample, split_seeds, vocabulary
 
 
-def test_scenes(n: int | None = None) -> Iterator[Scene]:
-    """Scenes of the test split, in seed order (all of the split when ``n`` is None)."""
+def test_scenes(n: int | None = None, world: int = 1) -> Iterator[Scene]:
+    """Scenes of the test split of world ``world``, in seed order (all of the split when ``n`` is None)."""
     lo, hi = SPLITS["test"]
     for seed in range(lo, hi if n is None else lo + n):
-        yield sample(seed)
+        yield sample(seed, world)
 
 
 def unknown_words(prompt: str) -> list[str]:
@@ -28,6 +29,7 @@ def unknown_words(prompt: str) -> list[str]:
 
 __all__ = [
     "QUESTION_TYPES",
+    "WORLDS",
     "Question",
     "Scene",
     "SceneObject",

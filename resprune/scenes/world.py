@@ -1,8 +1,17 @@
 """The scene world: procedural images of a few shapes with exact masks, and questions with one-word answers.
 
-Every scene is a pure function of its seed. Objects never overlap (a margin separates them), so each object's mask
-is exactly the pixels drawn for it. Questions are generated only where they are unambiguous: the object asked
-about is unique by the attribute used to name it, and left/right or above/below pairs are clearly separated.
+Every scene is a pure function of its seed and its world version. Questions are generated only where they are
+unambiguous: the object asked about is unique by the attribute used to name it, and left/right or above/below pairs
+are clearly separated.
+
+- World 1 (the offline model v1's): a flat, lightly graded background with a few grey strokes and specks; objects
+  never overlap (a margin separates them), so each mask is exactly the pixels drawn for the object.
+- World 2 (``world=2``): built so that the visual tokens of one image are not near-duplicates, as real photos'
+  are not: textured and structured backgrounds (gratings, smooth noise fields, a striped or checked region),
+  uneven lighting (a gain gradient and a vignette), distractor clutter (rings, crosses, bars and blobs in grey,
+  brown, white, black and purple: none of them a question word), 2 to 7 objects of continuous size, shaded across
+  their extent, that may overlap (a later object occludes an earlier one; each mask is the object's VISIBLE pixels,
+  and no object loses more than 35 % of its area). World 1 stays exactly reproducible.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ SIZES = {"small": 13, "large": 21}  # half-extent in pixels
 BACKGROUNDS = ((236, 236, 236), (222, 230, 238), (238, 230, 218), (228, 238, 226), (210, 210, 214))
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 QUESTION_TYPES = ("colour", "shape", "count", "exist", "spatial")
+WORLDS = (1, 2)
+DISTRACTOR_COLOURS = ((128, 128, 128), (150, 105, 65), (245, 245, 245), (25, 25, 25), (120, 60, 150))
+MAX_OCCLUDED = 0.35  # world 2: no object loses more than this share of its area to later objects
 
 # Split seed ranges (never overlapping).
 SPLITS = {"train": (0, 10_000_000), "val": (10_000_000, 10_100_000), "test": (20_000_000, 20_100_000)}
@@ -97,8 +109,12 @@ def _objects(rng: random.Random) -> list[tuple[str, str, str, float, float, floa
     return placed
 
 
-def render(seed: int) -> tuple[Image.Image, tuple[SceneObject, ...]]:
-    """The image and objects of scene ``seed``."""
+def render(seed: int, world: int = 1) -> tuple[Image.Image, tuple[SceneObject, ...]]:
+    """The image and objects of scene ``seed`` of world ``world`` (1 or 2)."""
+    if world == 2:
+        return _render_v2(seed)
+    if world != 1:
+        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
     rng = random.Random(seed)
     bg = np.array(rng.choice(BACKGROUNDS), dtype=np.float32)
     yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) / IMAGE_SIZE
@@ -131,6 +147,114 @@ def render(seed: int) -> tuple[Image.Image, tuple[SceneObject, ...]]:
             g = rng.randint(100, 160)
             draw.rectangle([x0, y0, x0 + 1, y0 + 1], fill=(g, g, g))
     return image, tuple(objects)
+
+
+def _shape_mask(shape: str, x: float, y: float, r: float) -> np.ndarray:
+    m = Image.new("1", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    _draw(ImageDraw.Draw(m), shape, x, y, r, 1)
+    return np.asarray(m, dtype=bool)
+
+
+def _background_v2(rng: random.Random, nrng: np.random.Generator) -> np.ndarray:
+    """`(H, W, 3)` float: a muted base colour, 1-3 gratings, a smooth noise field, maybe a striped/checked region."""
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) / IMAGE_SIZE
+    base = np.array([rng.uniform(150, 235) for _ in range(3)], dtype=np.float32)
+    base = base * 0.5 + base.mean() * 0.5  # muted: never a saturated question colour
+    arr = np.broadcast_to(base, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
+    for _ in range(rng.randint(1, 3)):  # gratings
+        ang, freq = rng.uniform(0, math.pi), rng.uniform(2, 12)
+        phase, amp = rng.uniform(0, 2 * math.pi), rng.uniform(4, 18)
+        tint = np.array([rng.uniform(0.5, 1.0) for _ in range(3)], dtype=np.float32)
+        wave = np.sin(2 * math.pi * freq * (xx * math.cos(ang) + yy * math.sin(ang)) + phase)
+        arr += amp * wave[..., None] * tint
+    g = rng.choice((4, 6, 8, 12))  # smooth noise: a coarse random grid, bilinearly upsampled
+    coarse = nrng.normal(0, 1, (g, g, 3)).astype(np.float32)
+    field_ = np.asarray(
+        Image.fromarray(((coarse - coarse.min()) / (np.ptp(coarse) + 1e-6) * 255).astype(np.uint8), "RGB").resize(
+            (IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR
+        ),
+        dtype=np.float32,
+    )
+    arr += (field_ - 127.5) / 127.5 * rng.uniform(8, 24)
+    if rng.random() < 0.6:  # a striped or checked region
+        x0, y0 = rng.uniform(0, IMAGE_SIZE * 0.6), rng.uniform(0, IMAGE_SIZE * 0.6)
+        w, h = rng.uniform(30, 90), rng.uniform(30, 90)
+        period = rng.choice((4, 6, 8, 10))
+        region = (
+            (xx * IMAGE_SIZE >= x0) & (xx * IMAGE_SIZE < x0 + w) & (yy * IMAGE_SIZE >= y0) & (yy * IMAGE_SIZE < y0 + h)
+        )
+        ix, iy = (xx * IMAGE_SIZE // period).astype(int), (yy * IMAGE_SIZE // period).astype(int)
+        pattern = ((ix + iy) % 2 if rng.random() < 0.5 else ix % 2).astype(np.float32)
+        arr[region] += ((pattern[region] - 0.5) * rng.uniform(14, 34))[:, None]
+    return arr
+
+
+def _render_v2(seed: int) -> tuple[Image.Image, tuple[SceneObject, ...]]:
+    rng = random.Random(seed * 1_000_003 + 2)
+    nrng = np.random.default_rng([seed, 2])
+    arr = _background_v2(rng, nrng)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(3, 10)):  # distractor clutter: no question word names it
+        c = rng.choice(DISTRACTOR_COLOURS)
+        x, y, r = rng.uniform(0, IMAGE_SIZE), rng.uniform(0, IMAGE_SIZE), rng.uniform(3, 9)
+        kind = rng.choice(("ring", "cross", "bar", "blob"))
+        if kind == "ring":
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=c, width=2)
+        elif kind == "cross":
+            draw.line([x - r, y, x + r, y], fill=c, width=2)
+            draw.line([x, y - r, x, y + r], fill=c, width=2)
+        elif kind == "bar":
+            ang = rng.uniform(0, math.pi)
+            draw.line([x, y, x + 2.5 * r * math.cos(ang), y + 2.5 * r * math.sin(ang)], fill=c, width=3)
+        else:
+            draw.ellipse([x - r * 0.6, y - r * 0.4, x + r * 0.6, y + r * 0.4], fill=c)
+    arr = np.asarray(img, dtype=np.float32).copy()
+    # objects: 2 to 7, continuous size, overlaps allowed up to MAX_OCCLUDED of any earlier object's area
+    n = rng.choice((2, 3, 4, 4, 5, 5, 6, 7))
+    placed: list[tuple[str, str, float, float, float, np.ndarray]] = []
+    tries = 0
+    while len(placed) < n and tries < 800:
+        tries += 1
+        r = rng.uniform(9, 25)
+        x, y = rng.uniform(r + 4, IMAGE_SIZE - r - 4), rng.uniform(r + 4, IMAGE_SIZE - r - 4)
+        if any(math.hypot(x - px, y - py) < 0.6 * (r + pr) for _, _, px, py, pr, _ in placed):
+            continue
+        shape = rng.choice(SHAPES)
+        m = _shape_mask(shape, x, y, r)
+        # the visible part of each earlier object after this one is drawn on top
+        cover = np.zeros_like(m)
+        ok = True
+        for j in range(len(placed) - 1, -1, -1):
+            pm = placed[j][5]
+            full = pm.sum()
+            visible = pm & ~cover & ~m
+            if full == 0 or visible.sum() < (1 - MAX_OCCLUDED) * full:
+                ok = False
+                break
+            cover |= pm
+        if ok:
+            placed.append((shape, rng.choice(tuple(COLOURS)), x, y, r, m))
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
+    objects = []
+    for i, (shape, colour, x, y, r, m) in enumerate(placed):
+        gain = rng.uniform(0.85, 1.08)
+        ang = rng.uniform(0, 2 * math.pi)  # shading across the object: +-12 % along a random direction
+        shade = 1 + 0.12 * ((xx - x) * math.cos(ang) + (yy - y) * math.sin(ang)) / max(r, 1.0)
+        col = np.array(COLOURS[colour], dtype=np.float32) * gain
+        arr[m] = np.clip(col[None, :] * shade[m][:, None], 0, 255)
+        visible = m.copy()
+        for *_, later_mask in placed[i + 1 :]:
+            visible &= ~later_mask
+        size = "small" if r < 17 else "large"
+        objects.append(SceneObject(shape, colour, size, x, y, r, visible))
+    # uneven lighting over everything: a gain gradient and a vignette
+    gx, gy = rng.uniform(-0.25, 0.25), rng.uniform(-0.25, 0.25)
+    cx, cy = rng.uniform(0.3, 0.7) * IMAGE_SIZE, rng.uniform(0.3, 0.7) * IMAGE_SIZE
+    d2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / IMAGE_SIZE**2
+    light = (1 + gx * (xx / IMAGE_SIZE - 0.5) + gy * (yy / IMAGE_SIZE - 0.5)) * (1 - rng.uniform(0.1, 0.35) * d2)
+    arr = arr * light[..., None] + nrng.normal(0, 4.0, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB"), tuple(objects)
 
 
 def questions(objects: tuple[SceneObject, ...], rng: random.Random) -> tuple[Question, ...]:
@@ -178,12 +302,15 @@ def questions(objects: tuple[SceneObject, ...], rng: random.Random) -> tuple[Que
     return tuple(qs)
 
 
-def sample(seed: int) -> Scene:
-    """Scene number ``seed`` (deterministic): ``.image``, ``.objects`` (with masks) and ``.questions``."""
+def sample(seed: int, world: int = 1) -> Scene:
+    """Scene number ``seed`` of world ``world`` (deterministic): ``.image``, ``.objects`` (with masks of their
+    visible pixels) and ``.questions``."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    image, objects = render(seed)
-    return Scene(seed, image, objects, questions(objects, random.Random(seed * 7919 + 17)))
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
+    image, objects = render(seed, world)
+    return Scene(seed, image, objects, questions(objects, random.Random(seed * 7919 + 17 + 104_729 * (world - 1))))
 
 
 def split_seeds(split: str, n: int, start: int = 0) -> range:
