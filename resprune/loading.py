@@ -30,6 +30,11 @@ PRESETS: dict[str, Preset] = {
     "llava-next-mistral-7b": Preset("llava-hf/llava-v1.6-mistral-7b-hf", "LLaVA-NeXT-7B (Mistral), ~15 GB, GPU"),
     "qwen2.5-vl-7b": Preset("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL-7B, ~16 GB download, GPU"),
     "qwen2.5-vl-3b": Preset("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-3B, ~7.5 GB download, the smallest Qwen2.5-VL"),
+    "smolvlm-256m": Preset("HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLM-256M (Idefics3), ~0.5 GB download, CPU"),
+    "smolvlm-500m": Preset("HuggingFaceTB/SmolVLM-500M-Instruct", "SmolVLM-500M (Idefics3), ~1 GB download, CPU"),
+    "llava-onevision-0.5b": Preset(
+        "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "LLaVA-OneVision-0.5B (SigLIP, Qwen2), ~1.8 GB download, CPU"
+    ),
 }
 
 

@@ -1,9 +1,10 @@
 """Processors that build without torchvision.
 
-transformers' ``Qwen2_5_VLProcessor`` (and ``LlavaOnevisionProcessor``) cannot be constructed (or loaded with ``AutoProcessor``) when torchvision is
-missing, even for images only: its argument check reaches the video-processor registry, which is a dummy without
-torchvision. ``QwenImageProcessor`` (``OnevisionImageProcessor``) is the same processor for images only:
-``ProcessorMixin`` reads the attributes from the ``__init__`` signature, which here has no ``video_processor``.
+transformers' ``Qwen2_5_VLProcessor`` and ``LlavaOnevisionProcessor`` cannot be constructed (or loaded with
+``AutoProcessor``) when torchvision is missing, even for images only: the argument check reaches the
+video-processor registry, which is a dummy without torchvision. ``QwenImageProcessor`` and
+``OnevisionImageProcessor`` are the same processors for images only: ``ProcessorMixin`` reads the attributes from
+the ``__init__`` signature, which here has no ``video_processor``.
 """
 
 from __future__ import annotations

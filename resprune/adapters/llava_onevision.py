@@ -26,7 +26,7 @@ from .base import Adapter, ImageTokens
 def anyres_grid(cur_h: int, cur_w: int, g: int, aspect: str) -> tuple[int, int]:
     """The hi-res grid ``(H', W')`` after OneVision's ``anyres_max_M`` rule: an unpadded ``cur_h x cur_w`` grid is
     interpolated down by ``ratio = sqrt(cur_h * cur_w / (M * g * g))`` when ``ratio > 1.1``."""
-    max_crops = int(aspect.strip("anyres_max_"))
+    max_crops = int(aspect.removeprefix("anyres_max_"))
     ratio = math.sqrt(cur_h * cur_w / (max_crops * g * g))
     if ratio > 1.1:
         return int(cur_h // ratio), int(cur_w // ratio)
@@ -131,7 +131,9 @@ class LlavaOnevisionAdapter(Adapter):
                 raise RuntimeError(f"LLaVA-OneVision layout: {view.numel()} positions for {n} features")
             box = torch.full((n, 4), float("nan"))
             b = view == VIEW_BASE
-            box[b] = torch.stack([col[b] * w / g, row[b] * h / g, (col[b] + 1) * w / g, (row[b] + 1) * h / g], 1).float()
+            box[b] = torch.stack(
+                [col[b] * w / g, row[b] * h / g, (col[b] + 1) * w / g, (row[b] + 1) * h / g], 1
+            ).float()
             grids = {VIEW_BASE: (g, g)}
             if hp:
                 bh, bw = select_best_resolution((h, w), cfg.image_grid_pinpoints)

@@ -1,0 +1,186 @@
+"""Every preset on its architecture twin (``resprune.testing.build_twin``: the checkpoint's published configuration
+with only depth and width shrunk, saved in the hub's folder layout, loaded through ``load_model(folder)``): the
+number of visual tokens and their geometry equal the published architecture's, every method the family supports
+runs through ``prune`` (the others raise the documented clear error), ``answer`` works, and exactness holds
+(keep = N: bit-identical logits and greedy tokens; at 25 %: the KV cache shorter by the pruned count).
+
+The expected counts are derived by hand from the published architecture, not read from the code under test."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from helpers import make_inputs, n_visual, noise_image
+
+import resprune
+from resprune.adapters import adapter_for
+from resprune.generate import _cache_of, kv_cache_bytes
+from resprune.loading import PRESETS, load_model
+from resprune.pipeline import prune
+from resprune.testing import PRESET_FACTS, build_twin, generate_checking_first_step
+from resprune.types import VIEW_BASE, VIEW_HIRES, VIEW_NEWLINE
+
+TWINS = [p for p in PRESETS if p != "scenes"]
+
+# preset -> (reference image (width, height), N, {view: grid}) from the published architecture:
+# LLaVA-1.5: CLIP-L/14 at 336 px, strategy "default" (no [CLS]): 24 x 24 = 576.
+# LLaVA-Interleave: SigLIP 384/14, strategy "full": 27 x 27 = 729.
+# LLaVA-NeXT at 672 x 336: pinpoint 336 x 672 = 1 x 2 crops, base 576 + the 24 x 48 grid (no padding to remove)
+#   + 24 newlines = 1752.
+# Qwen2.5-VL at 448 x 448: 32 x 32 patches of 14 px, 2 x 2 merge: 16 x 16 = 256.
+# SmolVLM at 640 x 480: longest edge to 2048 (2048 x 1536), 4 x 3 tiles of 512 px + the global image, 512 / 16 = 32
+#   patches per side, pixel shuffle 4: 8 x 8 = 64 per tile: 13 x 64 = 832.
+# LLaVA-OneVision at 640 x 480: pinpoint 768 x 768 (2 x 2 crops of 384), the 54 x 54 grid unpadded to 40 x 54
+#   (480 / 640 * 54 = 40.5 -> 40 rows, 7 padding rows each side), no anyres_max_9 interpolation (40 * 54 < 9 * 729):
+#   729 + 40 * 54 + 40 newlines = 2929.
+EXPECTED = {
+    "llava-1.5-7b": ((640, 480), 576, {VIEW_BASE: (24, 24)}),
+    "llava-interleave-0.5b": ((640, 480), 729, {VIEW_BASE: (27, 27)}),
+    "llava-next-7b": ((672, 336), 1752, {VIEW_BASE: (24, 24), VIEW_HIRES: (24, 48)}),
+    "llava-next-mistral-7b": ((672, 336), 1752, {VIEW_BASE: (24, 24), VIEW_HIRES: (24, 48)}),
+    "qwen2.5-vl-7b": ((448, 448), 256, {VIEW_BASE: (16, 16)}),
+    "qwen2.5-vl-3b": ((448, 448), 256, {VIEW_BASE: (16, 16)}),
+    "smolvlm-256m": ((640, 480), 832, {VIEW_BASE: (8, 8), VIEW_HIRES: (24, 32)}),
+    "smolvlm-500m": ((640, 480), 832, {VIEW_BASE: (8, 8), VIEW_HIRES: (24, 32)}),
+    "llava-onevision-0.5b": ((640, 480), 2929, {VIEW_BASE: (27, 27), VIEW_HIRES: (40, 54)}),
+}
+# the published [CLS] token (CLIP towers) decides which methods a preset supports
+HAS_CLS = {"llava-1.5-7b", "llava-next-7b", "llava-next-mistral-7b"}
+CLS_METHODS = {"cls", "vispruner", "visionzip"}
+
+
+@pytest.fixture(scope="module", params=TWINS)
+def twin(request, tmp_path_factory):
+    name = request.param
+    folder = build_twin(name, tmp_path_factory.mktemp(name.replace(".", "_")))
+    model, proc = load_model(str(folder), device="cpu", dtype=torch.float32)
+    size = EXPECTED[name][0]
+    return name, model, proc, make_inputs(proc, noise_image(*size))
+
+
+def test_every_preset_has_a_twin_and_an_expected_layout():
+    assert set(TWINS) == set(PRESET_FACTS) == set(EXPECTED)
+    assert {"smolvlm-256m", "smolvlm-500m", "llava-onevision-0.5b"} <= set(PRESETS)
+
+
+def test_twin_carries_the_published_configuration(twin):
+    name, model, proc, _ = twin
+    facts = PRESET_FACTS[name]
+    cfg = model.config
+    assert cfg.model_type == facts["config"]["model_type"]
+    vf = facts["config"]["vision_config"]
+    for key in ("image_size", "patch_size", "spatial_merge_size", "temporal_patch_size", "window_size"):
+        if key in vf:
+            assert getattr(cfg.vision_config, key) == vf[key], key
+    if "model_type" in vf:
+        assert cfg.vision_config.model_type == vf["model_type"]
+    tf = facts["config"]["text_config"]
+    if "model_type" in tf:
+        assert cfg.text_config.model_type == tf["model_type"]
+    for key in ("vision_feature_layer", "vision_feature_select_strategy", "image_grid_pinpoints", "scale_factor"):
+        if key in facts["config"]:
+            assert getattr(cfg, key) == facts["config"][key], key
+    assert type(proc).__name__ == facts["processor"]["cls"]
+    assert type(proc.image_processor).__name__ == facts["processor"]["image_processor"]["cls"]
+    assert proc.chat_template == facts["chat_template"]
+    image_token = proc.image_token
+    assert proc.tokenizer.convert_tokens_to_ids(image_token) == cfg.image_token_id
+    assert image_token in proc.tokenizer.all_special_tokens or image_token in proc.tokenizer.get_added_vocab()
+    assert cfg.text_config.num_hidden_layers == 3  # shrunk: depth and width only
+    vc = cfg.vision_config
+    assert (vc.depth if cfg.model_type == "qwen2_5_vl" else vc.num_hidden_layers) == 2
+
+
+def test_visual_tokens_and_geometry_equal_the_published_architecture(twin):
+    name, model, proc, inputs = twin
+    size, n, grids = EXPECTED[name]
+    assert n_visual(model, inputs) == n
+    (img,) = adapter_for(model).images(model, proc, inputs, [size])
+    geo = img.geometry
+    assert img.tokens.shape[0] == n and geo.image_size == size
+    assert {int(k): tuple(v) for k, v in geo.grids.items()} == grids
+    w, h = size
+    hi = geo.view == VIEW_HIRES
+    base = geo.view == VIEW_BASE
+    assert int((geo.view == VIEW_NEWLINE).sum()) == (
+        grids[VIEW_HIRES][0] if name.startswith(("llava-next", "llava-on")) else 0
+    )
+    boxes = geo.box[base | hi]
+    assert torch.isfinite(boxes).all()
+    gh, gw = grids[VIEW_BASE]
+    if name.startswith("llava-1.5"):  # shortest edge 336: 448 x 336, centre crop 336: 56 px cut each side
+        assert torch.allclose(geo.box[0], torch.tensor([56 * 640 / 448, 0, 70 * 640 / 448, 14 * 480 / 336]))
+        assert torch.allclose(geo.box[-1], torch.tensor([378 * 640 / 448, 460, 392 * 640 / 448, 480]))
+    else:  # the base view (or the whole merged grid) stretches the whole image
+        first = geo.box[base][0]
+        torch.testing.assert_close(first, torch.tensor([0, 0, w / gw, h / gh]))
+        torch.testing.assert_close(geo.box[base][-1], torch.tensor([w - w / gw, h - h / gh, w, h]))
+    if hi.any():  # the hi-res view covers the image
+        b = geo.box[hi]
+        assert float(b[:, 0].min()) <= 0.5 and float(b[:, 2].max()) >= w - 0.5
+        assert float(b[:, 1].min()) <= 15 and float(b[:, 3].max()) >= h - 15  # OV: token rows overhang by < 1 token
+
+
+def test_onevision_interpolates_a_large_image_to_anyres_max_9(tmp_path):
+    """1600 x 1200: pinpoint 1536 x 1920 (4 x 5 crops: the smallest canvas that holds the image at full size), the
+    108 x 135 grid unpadded to 102 x 135 (101.25 rows -> 101, 3 padding rows each side) is more than 9 crops of
+    tokens (ratio sqrt(102 * 135 / (9 * 729)) = 1.45 > 1.1), so OneVision interpolates it to 70 x 93:
+    729 + 6510 + 70 newlines = 7309."""
+    model, proc = load_model(str(build_twin("llava-onevision-0.5b", tmp_path)), device="cpu", dtype=torch.float32)
+    inputs = make_inputs(proc, noise_image(1600, 1200))
+    assert n_visual(model, inputs) == 7309
+    (img,) = adapter_for(model).images(model, proc, inputs, [(1600, 1200)])
+    assert img.geometry.grids[VIEW_HIRES] == (70, 93) and int((img.view == VIEW_NEWLINE).sum()) == 70
+    b = img.geometry.box[img.view == VIEW_HIRES]
+    assert float(b[:, 0].min()) <= 1 and float(b[:, 2].max()) >= 1599  # the interpolated grid still spans the image
+
+
+def test_keep_all_is_exact_and_quarter_shortens_the_cache(twin):
+    name, model, proc, inputs = twin
+    n = n_visual(model, inputs)
+    prompt = "What colour is the circle?"
+    with pytest.warns(UserWarning, match="every token is kept"):
+        res = prune(model, inputs, "resprune", n, processor=proc, prompt=prompt)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, model(**res.generate_kwargs).logits)
+    a = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    b = model.generate(**res.generate_kwargs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert torch.equal(a[0, inputs["input_ids"].shape[1] :], b[0])
+    k = n // 4
+    res = prune(model, inputs, "resprune", k, processor=proc, prompt=prompt)
+    L = inputs["input_ids"].shape[1]
+    assert res.stats["seq_len_after"] == L - (n - k)
+    out = generate_checking_first_step(model, res, 2)
+    _, length = kv_cache_bytes(_cache_of(out))
+    assert length == L - (n - k) + 1
+
+
+@pytest.mark.parametrize("method", resprune.list_methods())
+def test_every_supported_method_runs_and_the_others_say_why(twin, method):
+    name, model, proc, inputs = twin
+    needs_cls = method in CLS_METHODS
+    n, L = n_visual(model, inputs), inputs["input_ids"].shape[1]
+    if needs_cls and name not in HAS_CLS:
+        with pytest.raises(ValueError, match=f"needs cls_attention.*{re.escape('no [CLS] token')}"):
+            prune(model, inputs, method, 64, processor=proc, prompt="red circle")
+        return
+    res = prune(model, inputs, method, 64, processor=proc, prompt="red circle")
+    assert res.selections[0].keep == 64 and res.stats["seq_len_after"] == L - (n - 64)
+    with res.generation_context():
+        out = model.generate(**res.generate_kwargs, max_new_tokens=2, do_sample=False)
+    assert out.shape[0] == 1
+
+
+def test_answer_on_the_twin(twin):
+    name, model, proc, _ = twin
+    size = EXPECTED[name][0]
+    a = resprune.answer(
+        model, proc, noise_image(*size), "What colour is the circle?", keep=32, max_new_tokens=2, timing_repeats=1
+    )
+    assert isinstance(a.pruned, str) and isinstance(a.unpruned, str)
+    assert a.stats["visual_tokens_before"] == EXPECTED[name][1] and a.stats["visual_tokens_after"] == 32
+    assert a.stats["kv_cache_bytes_after"] < a.stats["kv_cache_bytes_before"]
+    expected_seed = "prior" if name in HAS_CLS else "max_norm"
+    assert a.result.selections[0].params["seed"] == expected_seed
