@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,126 @@ def load_model(name_or_id: str, *, dtype: Any = None, device: Any = "auto", devi
 def preset_path(name: str) -> Path:
     """Folder of a preset that lives in this repository (the offline default)."""
     return Path(__file__).resolve().parent.parent / PRESETS[name].hub_id
+
+
+@dataclass(frozen=True)
+class PresetStatus:
+    """Whether a preset can load here, and from where; ``reason`` is written for a visitor of the web app."""
+
+    available: bool
+    where: str | None  # "bundled" (in this repository), "cache" (downloaded), "hub" (downloadable now), or None
+    reason: str
+
+
+_OFFLINE_VALUES = {"1", "on", "yes", "true"}
+_PROBES: dict[str, tuple[float, bool | int]] = {}  # url -> (time, reachable or HTTP status)
+_PROBE_TTL_S = 300.0
+_NOT_HERE = "Pick the built-in 'scenes' model, or one marked available."
+
+
+def _hub_cache() -> Path:
+    """The hub cache folder as the environment says now (``HF_HUB_CACHE``, else ``HF_HOME``/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def _in_cache(repo_id: str) -> bool:
+    """config.json and every weight file of ``repo_id`` are in the local hub cache (no network)."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = _hub_cache()
+
+    def cached(name: str) -> str | None:
+        f = try_to_load_from_cache(repo_id, name, cache_dir=cache)
+        return f if isinstance(f, str) else None
+
+    if cached("config.json") is None:
+        return False
+    index = cached("model.safetensors.index.json")
+    if index is None:
+        return cached("model.safetensors") is not None
+    shards = set(json.loads(Path(index).read_text(encoding="utf-8")).get("weight_map", {}).values())
+    return bool(shards) and all(cached(s) is not None for s in shards)
+
+
+def _probe(url: str, timeout: float) -> bool | int:
+    """HEAD ``url`` within ``timeout`` seconds in all (DNS included: the request runs in a daemon thread):
+    True if it answers 2xx/3xx, its HTTP status if it refuses, False if it does not answer in time. Cached for
+    ``_PROBE_TTL_S`` seconds."""
+    now = time.monotonic()
+    hit = _PROBES.get(url)
+    if hit is not None and now - hit[0] < _PROBE_TTL_S:
+        return hit[1]
+    result: list[bool | int] = [False]
+
+    def run() -> None:
+        import urllib.error
+        import urllib.request
+
+        try:
+            req = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(req, timeout=timeout):  # noqa: S310 - the hub endpoint, http(s) only
+                result[0] = True
+        except urllib.error.HTTPError as e:
+            result[0] = e.code
+        except (OSError, ValueError):
+            result[0] = False
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    value = result[0] if not t.is_alive() else False
+    _PROBES[url] = (now, value)
+    return value
+
+
+def preset_status(name: str, *, timeout: float = 2.0) -> PresetStatus:
+    """Whether preset ``name`` can load here, without waiting on the network: bundled in this repository, complete
+    in the local hub cache, or (only when ``HF_HUB_OFFLINE`` is not set) downloadable now, by one HEAD request of its
+    config.json bounded by ``timeout`` seconds and remembered for 5 minutes.
+
+    Raises:
+        ValueError: ``name`` is not a preset, or ``timeout`` is not a positive number.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"name must be one of {', '.join(PRESETS)}, got {name!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 30:
+        raise ValueError(f"timeout must be a number of seconds in (0, 30], got {timeout!r}")
+    repo = PRESETS[name].hub_id
+    if name == "scenes":
+        if (preset_path(name) / "config.json").is_file():
+            return PresetStatus(True, "bundled", "Built into this app: loads in seconds and runs on the CPU.")
+        return PresetStatus(False, None, "The built-in model's files are missing from this installation.")
+    if _in_cache(repo):
+        return PresetStatus(True, "cache", "Already downloaded on this server: ready to load.")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE_VALUES:
+        return PresetStatus(
+            False,
+            None,
+            f"Not available here: this server works offline and {name} has not been downloaded. {_NOT_HERE}",
+        )
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    probe = _probe(f"{endpoint}/{repo}/resolve/main/config.json", timeout)
+    if probe is True:
+        return PresetStatus(
+            True, "hub", f"Downloads from the Hugging Face Hub on first use ({PRESETS[name].note}); that takes a while."
+        )
+    if probe is False:
+        return PresetStatus(
+            False,
+            None,
+            f"Not available right now: the Hugging Face Hub cannot be reached from this server and {name} has not "
+            f"been downloaded. {_NOT_HERE}",
+        )
+    return PresetStatus(
+        False,
+        None,
+        f"Not available: the Hugging Face Hub refuses to serve {name} to this server (it may be gated or moved; "
+        f"HTTP {probe}). {_NOT_HERE}",
+    )

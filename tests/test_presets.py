@@ -184,3 +184,115 @@ def test_answer_on_the_twin(twin):
     assert a.stats["kv_cache_bytes_after"] < a.stats["kv_cache_bytes_before"]
     expected_seed = "prior" if name in HAS_CLS else "max_norm"
     assert a.result.selections[0].params["seed"] == expected_seed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preset availability (library side of the app's model list): no network traffic; the hub is a local server.
+
+
+@pytest.fixture
+def offline_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "hf" / "hub"
+
+
+def _fake_cached(hub, repo, files):
+    """The hub cache layout of ``repo`` (refs/main -> one snapshot holding ``files``)."""
+    root = hub / ("models--" + repo.replace("/", "--"))
+    snap = root / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("0" * 40)
+    for name, text in files.items():
+        (snap / name).write_text(text)
+
+
+def test_preset_status_offline_says_what_loads_here(offline_home):
+    import time
+
+    from resprune.loading import preset_status
+
+    st = preset_status("scenes")
+    assert st.available and st.where == "bundled"
+    t = time.monotonic()
+    for name in TWINS:
+        st = preset_status(name)
+        assert not st.available and st.where is None
+        assert "offline" in st.reason and "scenes" in st.reason and name in st.reason
+        assert "/" not in st.reason and "load_model" not in st.reason  # no paths, no Python calls for a visitor
+    assert time.monotonic() - t < 1.0  # no network wait
+    repo = PRESETS["smolvlm-256m"].hub_id
+    _fake_cached(offline_home, repo, {"config.json": "{}"})  # weights missing: not loadable
+    assert not preset_status("smolvlm-256m").available
+    snap = next((offline_home / ("models--" + repo.replace("/", "--")) / "snapshots").iterdir())
+    (snap / "model.safetensors").write_text("")
+    st = preset_status("smolvlm-256m")
+    assert st.available and st.where == "cache"
+    repo = PRESETS["qwen2.5-vl-3b"].hub_id  # sharded weights: every shard must be there
+    index = '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}'
+    _fake_cached(offline_home, repo, {"config.json": "{}", "model.safetensors.index.json": index})
+    assert not preset_status("qwen2.5-vl-3b").available
+    snap = next((offline_home / ("models--" + repo.replace("/", "--")) / "snapshots").iterdir())
+    for i in (1, 2):
+        (snap / f"model-0000{i}-of-00002.safetensors").write_text("")
+    assert preset_status("qwen2.5-vl-3b").where == "cache"
+
+
+def test_preset_status_bad_arguments(offline_home):
+    from resprune.loading import preset_status
+
+    with pytest.raises(ValueError, match="name must be one of .*got 'gpt-5'"):
+        preset_status("gpt-5")
+    with pytest.raises(ValueError, match="timeout must be"):
+        preset_status("scenes", timeout=0)
+
+
+def test_preset_status_probes_the_hub_once_within_the_timeout(offline_home, monkeypatch):
+    """A local stand-in for the hub: 200 for one repo, 401 for another; the answer is remembered; an endpoint that
+    does not answer costs at most the timeout."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    from resprune import loading
+
+    seen = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - the http.server API
+            seen.append(self.path)
+            self.send_response(401 if "Qwen" in self.path else 200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(loading, "_PROBES", {})
+    try:
+        st = loading.preset_status("smolvlm-500m")
+        assert st.available and st.where == "hub" and "first use" in st.reason
+        assert seen == ["/HuggingFaceTB/SmolVLM-500M-Instruct/resolve/main/config.json"]
+        assert loading.preset_status("smolvlm-500m").where == "hub" and len(seen) == 1  # remembered
+        st = loading.preset_status("qwen2.5-vl-7b")
+        assert not st.available and "HTTP 401" in st.reason
+    finally:
+        server.shutdown()
+        server.server_close()
+    silent = socket.socket()  # listens, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        t = time.monotonic()
+        st = loading.preset_status("llava-onevision-0.5b", timeout=0.3)
+        assert time.monotonic() - t < 1.0
+        assert not st.available and "cannot be reached" in st.reason
+    finally:
+        silent.close()
