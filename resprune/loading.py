@@ -20,24 +20,65 @@ from typing import Any
 class Preset:
     hub_id: str
     note: str
+    family: str = "llava"  # the adapter family (``resprune.adapters.FAMILY_ADAPTERS``)
+    tower: str = "clip"  # "clip" (a [CLS] token), "siglip" or "qwen-vit" (none)
 
 
 PRESETS: dict[str, Preset] = {
     "scenes": Preset("assets/scenes-model", "offline default, 7.4 MB, CPU"),
     "llava-1.5-7b": Preset("llava-hf/llava-1.5-7b-hf", "LLaVA-1.5-7B, ~14 GB download, GPU recommended"),
     "llava-interleave-0.5b": Preset(
-        "llava-hf/llava-interleave-qwen-0.5b-hf", "LLaVA (Qwen2-0.5B LLM), ~1.8 GB download, CPU-friendly"
+        "llava-hf/llava-interleave-qwen-0.5b-hf",
+        "LLaVA (Qwen2-0.5B LLM), ~1.8 GB download, CPU-friendly",
+        tower="siglip",
     ),
-    "llava-next-7b": Preset("llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-NeXT-7B (Vicuna), ~14 GB download, GPU"),
-    "llava-next-mistral-7b": Preset("llava-hf/llava-v1.6-mistral-7b-hf", "LLaVA-NeXT-7B (Mistral), ~15 GB, GPU"),
-    "qwen2.5-vl-7b": Preset("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL-7B, ~16 GB download, GPU"),
-    "qwen2.5-vl-3b": Preset("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-3B, ~7.5 GB download, the smallest Qwen2.5-VL"),
-    "smolvlm-256m": Preset("HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLM-256M (Idefics3), ~0.5 GB download, CPU"),
-    "smolvlm-500m": Preset("HuggingFaceTB/SmolVLM-500M-Instruct", "SmolVLM-500M (Idefics3), ~1 GB download, CPU"),
+    "llava-next-7b": Preset(
+        "llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-NeXT-7B (Vicuna), ~14 GB download, GPU", family="llava_next"
+    ),
+    "llava-next-mistral-7b": Preset(
+        "llava-hf/llava-v1.6-mistral-7b-hf", "LLaVA-NeXT-7B (Mistral), ~15 GB, GPU", family="llava_next"
+    ),
+    "qwen2.5-vl-7b": Preset(
+        "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL-7B, ~16 GB download, GPU", family="qwen2_5_vl", tower="qwen-vit"
+    ),
+    "qwen2.5-vl-3b": Preset(
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        "Qwen2.5-VL-3B, ~7.5 GB download, the smallest Qwen2.5-VL",
+        family="qwen2_5_vl",
+        tower="qwen-vit",
+    ),
+    "smolvlm-256m": Preset(
+        "HuggingFaceTB/SmolVLM-256M-Instruct",
+        "SmolVLM-256M (Idefics3), ~0.5 GB download, CPU",
+        family="idefics3",
+        tower="siglip",
+    ),
+    "smolvlm-500m": Preset(
+        "HuggingFaceTB/SmolVLM-500M-Instruct",
+        "SmolVLM-500M (Idefics3), ~1 GB download, CPU",
+        family="idefics3",
+        tower="siglip",
+    ),
     "llava-onevision-0.5b": Preset(
-        "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "LLaVA-OneVision-0.5B (SigLIP, Qwen2), ~1.8 GB download, CPU"
+        "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        "LLaVA-OneVision-0.5B (SigLIP, Qwen2), ~1.8 GB download, CPU",
+        family="llava_onevision",
+        tower="siglip",
     ),
 }
+
+
+def preset_methods(name: str) -> tuple[str, ...]:
+    """The registered methods that run on preset ``name`` (without loading it): those whose required internals
+    its family offers; the [CLS]-based internals only with a CLIP tower."""
+    from .adapters import FAMILY_ADAPTERS
+    from .registry import list_methods, method_info
+
+    if name not in PRESETS:
+        raise ValueError(f"name must be one of {', '.join(PRESETS)}, got {name!r}")
+    p = PRESETS[name]
+    offered = (FAMILY_ADAPTERS[p.family].offers if p.tower == "clip" else frozenset()) | {"llm_attention"}
+    return tuple(m for m in list_methods() if set(method_info(m).requires) <= offered)
 
 
 class ModelLoadError(OSError):

@@ -17,7 +17,7 @@ from helpers import make_inputs, n_visual, noise_image
 import resprune
 from resprune.adapters import adapter_for
 from resprune.generate import _cache_of, kv_cache_bytes
-from resprune.loading import PRESETS, load_model
+from resprune.loading import PRESETS, load_model, preset_methods
 from resprune.pipeline import prune
 from resprune.testing import PRESET_FACTS, build_twin, generate_checking_first_step
 from resprune.types import VIEW_BASE, VIEW_HIRES, VIEW_NEWLINE
@@ -82,6 +82,10 @@ def test_twin_carries_the_published_configuration(twin):
     for key in ("vision_feature_layer", "vision_feature_select_strategy", "image_grid_pinpoints", "scale_factor"):
         if key in facts["config"]:
             assert getattr(cfg, key) == facts["config"][key], key
+    adapter = adapter_for(model)  # the preset's declared family, tower and alpha default match the twin
+    assert adapter.family == PRESETS[name].family
+    assert (PRESETS[name].tower == "clip") == (cfg.vision_config.model_type == "clip_vision_model") == (name in HAS_CLS)
+    assert adapter.defaults["alpha"] == (0.75 if name in HAS_CLS else 0.3)
     assert type(proc).__name__ == facts["processor"]["cls"]
     assert type(proc.image_processor).__name__ == facts["processor"]["image_processor"]["cls"]
     assert proc.chat_template == facts["chat_template"]
@@ -160,9 +164,12 @@ def test_keep_all_is_exact_and_quarter_shortens_the_cache(twin):
 @pytest.mark.parametrize("method", resprune.list_methods())
 def test_every_supported_method_runs_and_the_others_say_why(twin, method):
     name, model, proc, inputs = twin
-    needs_cls = method in CLS_METHODS
+    supported = method in preset_methods(name)  # what the app lists for the preset, without loading it
+    assert supported == (method not in CLS_METHODS or name in HAS_CLS)
+    offered = adapter_for(model).offers | {"llm_attention"}
+    assert supported == (set(resprune.method_info(method).requires) <= offered)
     n, L = n_visual(model, inputs), inputs["input_ids"].shape[1]
-    if needs_cls and name not in HAS_CLS:
+    if not supported:
         with pytest.raises(ValueError, match=f"needs cls_attention.*{re.escape('no [CLS] token')}"):
             prune(model, inputs, method, 64, processor=proc, prompt="red circle")
         return
