@@ -65,6 +65,16 @@ def test_every_preset_has_a_twin_and_an_expected_layout():
     assert {"smolvlm-256m", "smolvlm-500m", "llava-onevision-0.5b"} <= set(PRESETS)
 
 
+def test_the_bundled_preset_is_its_own_model():
+    """``scenes`` needs no twin: it is in the repository (a CLIP 192 px / 16 LLaVA: 12 x 12 = 144 tokens)."""
+    model, proc = load_model("scenes", device="cpu")
+    inputs = make_inputs(proc, noise_image(640, 480))
+    assert n_visual(model, inputs) == 144 and adapter_for(model).family == PRESETS["scenes"].family
+    assert preset_methods("scenes") == tuple(resprune.list_methods())  # CLIP: every method
+    res = prune(model, inputs, "visionzip", 36, processor=proc)
+    assert res.stats["seq_len_after"] == inputs["input_ids"].shape[1] - 108
+
+
 def test_twin_carries_the_published_configuration(twin):
     name, model, proc, _ = twin
     facts = PRESET_FACTS[name]
