@@ -313,3 +313,28 @@ def test_preset_status_probes_the_hub_once_within_the_timeout(offline_home, monk
         assert not st.available and "cannot be reached" in st.reason
     finally:
         silent.close()
+
+
+def test_figures_draw_on_every_twin(twin):
+    """The figures read only the geometry: every preset's layout draws (kept tokens, residual energy, relevance,
+    greedy step, a two-method grid), at the real N."""
+    import viz
+
+    name, model, proc, inputs = twin
+    size = EXPECTED[name][0]
+    image = noise_image(*size)
+    results = {
+        m: prune(model, inputs, m, 48, processor=proc, prompt="red circle", image_sizes=[size])
+        for m in ("resprune", "divprune")
+    }
+    res = results["resprune"]
+    figs = [
+        viz.plot_kept_tokens(image, res, answer="a red circle"),
+        viz.plot_residual_energy(res),
+        viz.plot_relevance(image, res),
+        viz.plot_greedy_step(image, res, 12),
+        viz.plot_method_grid(image, results),
+    ]
+    for fig in figs:
+        img = viz.to_image(fig)
+        assert img.size[0] > 100 and img.size[1] > 100
