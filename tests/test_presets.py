@@ -338,3 +338,66 @@ def test_figures_draw_on_every_twin(twin):
     for fig in figs:
         img = viz.to_image(fig)
         assert img.size[0] > 100 and img.size[1] > 100
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A preset by NAME: its twin placed in a local hub cache (offline) loads through the preset path, and the app's
+# handlers (Run with its figures and step-through, Compare over every method) run on it.
+
+
+@pytest.fixture
+def twin_in_cache(tmp_path, monkeypatch):
+    """``put(name)``: the twin of ``name`` saved as the hub cache's snapshot of its hub id; HF offline."""
+    import huggingface_hub.constants
+
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))  # read at import; follow the env
+
+    def put(name):
+        root = hub / ("models--" + PRESETS[name].hub_id.replace("/", "--"))
+        build_twin(name, root / "snapshots" / ("1" * 40))
+        (root / "refs").mkdir()
+        (root / "refs" / "main").write_text("1" * 40)
+
+    return put
+
+
+def _noop(*args, **kwargs):
+    pass
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n == "smolvlm-256m" else pytest.mark.slow) for n in TWINS]
+)
+def test_a_cached_preset_loads_by_name_and_runs_the_app_handlers(twin_in_cache, name, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from resprune.loading import preset_status
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import app
+
+    assert preset_status(name).available is False  # offline, nothing cached yet
+    twin_in_cache(name)
+    st = preset_status(name)
+    assert st.available and st.where == "cache"
+    size, n, _ = EXPECTED[name]
+    path = tmp_path / "image.png"
+    noise_image(*size).save(path)
+    app.get_model.cache_clear()
+    try:
+        out = app.on_run(str(path), "What colour is the circle?", name, "resprune", 25, 0, None, "auto", progress=_noop)
+        pruned, unpruned, _, info, overlay, curves, relevance, stats, _, step_img, files, state = out
+        assert isinstance(pruned, str) and f"of {n}**" in info
+        for im in (overlay, curves, relevance, step_img):
+            assert im.size[0] > 200 and im.size[1] > 200
+        assert app.step_image(state, 3).size[0] > 200
+        grid, rows = app.on_compare(str(path), "What colour is the circle?", name, 10, 0, progress=_noop)
+        unavailable = {r[0] for r in rows if r[2].startswith("not available")}
+        assert grid.size[0] > 400 and unavailable == set(resprune.list_methods()) - set(preset_methods(name))
+        assert all("needs cls_attention" in r[2] for r in rows if r[0] in unavailable), rows
+    finally:
+        app.get_model.cache_clear()
