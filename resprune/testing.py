@@ -721,7 +721,7 @@ PRESET_FACTS: dict[str, dict[str, Any]] = {
                 vocab_size=49280,
             ),
             scale_factor=4,
-            image_token_id=49190,
+            image_token_id=49190,  # unsure: recalled
         ),
         processor=dict(
             cls="Idefics3Processor",
@@ -737,7 +737,7 @@ PRESET_FACTS: dict[str, dict[str, Any]] = {
             vision_config=SMOLVLM_VISION,
             text_config=dict(
                 model_type="llama",
-                hidden_size=960,
+                hidden_size=960,  # unsure: the 500M LM's shape is recalled (SmolLM2-360M)
                 intermediate_size=2560,
                 num_hidden_layers=32,
                 num_attention_heads=15,
@@ -749,7 +749,7 @@ PRESET_FACTS: dict[str, dict[str, Any]] = {
                 vocab_size=49280,
             ),
             scale_factor=4,
-            image_token_id=49190,
+            image_token_id=49190,  # unsure: recalled
         ),
         processor=dict(
             cls="Idefics3Processor",
