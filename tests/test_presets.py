@@ -137,6 +137,27 @@ def test_visual_tokens_and_geometry_equal_the_published_architecture(twin):
         assert float(b[:, 1].min()) <= 15 and float(b[:, 3].max()) >= h - 15  # OV: token rows overhang by < 1 token
 
 
+# more sizes, from the layout notes of transformers 5.x checked token by token against the real models' tensors:
+# NeXT 640 x 480: 2 x 2 crops, the 48 x 48 grid unpadded to 36 x 48: 576 + 1728 + 36; 480 x 900: 48 x 26 + 48;
+# Qwen2.5-VL 640 x 480: grid_thw (1, 34, 46) -> 17 x 23 = 391; SmolVLM 300 x 560 (portrait): 2048 px high,
+# 1098 -> 1536 wide: 4 x 3 tiles + global = 13 x 64.
+MORE = {
+    "llava-next-7b": [((640, 480), 2340, (36, 48)), ((480, 900), 1872, (48, 26))],
+    "qwen2.5-vl-3b": [((640, 480), 391, None)],
+    "smolvlm-256m": [((300, 560), 832, (32, 24))],
+}
+
+
+@pytest.mark.parametrize("name", list(MORE))
+def test_more_image_sizes(name, tmp_path):
+    model, proc = load_model(str(build_twin(name, tmp_path)), device="cpu", dtype=torch.float32)
+    for size, n, hires in MORE[name]:
+        inputs = make_inputs(proc, noise_image(*size))
+        assert n_visual(model, inputs) == n, size
+        (img,) = adapter_for(model).images(model, proc, inputs, [size])
+        assert img.tokens.shape[0] == n and img.geometry.grids.get(VIEW_HIRES) == hires
+
+
 def test_onevision_interpolates_a_large_image_to_anyres_max_9(tmp_path):
     """1600 x 1200: pinpoint 1536 x 1920 (4 x 5 crops: the smallest canvas that holds the image at full size), the
     108 x 135 grid unpadded to 102 x 135 (101.25 rows -> 101, 3 padding rows each side) is more than 9 crops of
@@ -169,6 +190,19 @@ def test_keep_all_is_exact_and_quarter_shortens_the_cache(twin):
     out = generate_checking_first_step(model, res, 2)
     _, length = kv_cache_bytes(_cache_of(out))
     assert length == L - (n - k) + 1
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_keep_all_is_exact_in_bfloat16(name, tmp_path):
+    """The accelerators' default dtype: keep = N still gives bit-identical logits."""
+    model, proc = load_model(str(build_twin(name, tmp_path)), device="cpu", dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    inputs = make_inputs(proc, noise_image(*EXPECTED[name][0]))
+    n = n_visual(model, inputs)
+    with pytest.warns(UserWarning, match="every token is kept"):
+        res = prune(model, inputs, "divprune", n, processor=proc)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, model(**res.generate_kwargs).logits)
 
 
 @pytest.mark.parametrize("method", resprune.list_methods())
