@@ -51,7 +51,13 @@ HAS_CLS = {"llava-1.5-7b", "llava-next-7b", "llava-next-mistral-7b"}
 CLS_METHODS = {"cls", "vispruner", "visionzip"}
 
 
-@pytest.fixture(scope="module", params=TWINS)
+# after shrinking, these twins equal their smaller sibling's but for the published LM shape they drop (SmolVLM-500M
+# vs 256M; Qwen2.5-VL-7B vs 3B, which also unties the embeddings): the quick loop leaves them to CI
+SIBLINGS = {"smolvlm-500m", "qwen2.5-vl-7b"}
+QUICK = [pytest.param(n, marks=pytest.mark.slow) if n in SIBLINGS else n for n in TWINS]
+
+
+@pytest.fixture(scope="module", params=QUICK)
 def twin(request, tmp_path_factory):
     name = request.param
     folder = build_twin(name, tmp_path_factory.mktemp(name.replace(".", "_")))
@@ -192,7 +198,9 @@ def test_keep_all_is_exact_and_quarter_shortens_the_cache(twin):
     assert length == L - (n - k) + 1
 
 
-@pytest.mark.parametrize("name", TWINS)
+@pytest.mark.parametrize(
+    "name", [n if n == "llava-interleave-0.5b" else pytest.param(n, marks=pytest.mark.slow) for n in TWINS]
+)
 def test_keep_all_is_exact_in_bfloat16(name, tmp_path):
     """The accelerators' default dtype: keep = N still gives bit-identical logits."""
     model, proc = load_model(str(build_twin(name, tmp_path)), device="cpu", dtype=torch.bfloat16)
