@@ -183,6 +183,7 @@ class PresetStatus:
 
 _OFFLINE_VALUES = {"1", "on", "yes", "true"}
 _PROBES: dict[str, tuple[float, bool | int]] = {}  # url -> (time, reachable or HTTP status)
+_SILENT: dict[str, float] = {}  # endpoint -> when it last did not answer (then no repo on it is probed again)
 _PROBE_TTL_S = 300.0
 _NOT_HERE = "Pick the built-in 'scenes' model, or one marked available."
 
@@ -275,7 +276,13 @@ def preset_status(name: str, *, timeout: float = 2.0) -> PresetStatus:
             f"Not available here: this server works offline and {name} has not been downloaded. {_NOT_HERE}",
         )
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    probe = _probe(f"{endpoint}/{repo}/resolve/main/config.json", timeout)
+    silent = _SILENT.get(endpoint)
+    if silent is not None and time.monotonic() - silent < _PROBE_TTL_S:
+        probe: bool | int = False
+    else:
+        probe = _probe(f"{endpoint}/{repo}/resolve/main/config.json", timeout)
+        if probe is False:
+            _SILENT[endpoint] = time.monotonic()
     if probe is True:
         return PresetStatus(
             True, "hub", f"Downloads from the Hugging Face Hub on first use ({PRESETS[name].note}); that takes a while."
@@ -293,3 +300,12 @@ def preset_status(name: str, *, timeout: float = 2.0) -> PresetStatus:
         f"Not available: the Hugging Face Hub refuses to serve {name} to this server (it may be gated or moved; "
         f"HTTP {probe}). {_NOT_HERE}",
     )
+
+
+def preset_statuses(*, timeout: float = 2.0) -> dict[str, PresetStatus]:
+    """``preset_status`` of every preset, the hub probes in parallel (about ``timeout`` seconds in all, at most)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(PRESETS)) as pool:
+        futures = {name: pool.submit(preset_status, name, timeout=timeout) for name in PRESETS}
+        return {name: f.result() for name, f in futures.items()}

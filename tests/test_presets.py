@@ -334,6 +334,7 @@ def test_preset_status_probes_the_hub_once_within_the_timeout(offline_home, monk
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     monkeypatch.setattr(loading, "_PROBES", {})
+    monkeypatch.setattr(loading, "_SILENT", {})
     try:
         st = loading.preset_status("smolvlm-500m")
         assert st.available and st.where == "hub" and "first use" in st.reason
@@ -353,6 +354,14 @@ def test_preset_status_probes_the_hub_once_within_the_timeout(offline_home, monk
         st = loading.preset_status("llava-onevision-0.5b", timeout=0.3)
         assert time.monotonic() - t < 1.0
         assert not st.available and "cannot be reached" in st.reason
+        t = time.monotonic()  # the endpoint is known silent now: no further waits for any preset
+        assert not loading.preset_status("llava-1.5-7b", timeout=0.3).available and time.monotonic() - t < 0.1
+        monkeypatch.setattr(loading, "_SILENT", {})
+        monkeypatch.setattr(loading, "_PROBES", {})
+        t = time.monotonic()  # the whole list: probes in parallel, about one timeout in all
+        every = loading.preset_statuses(timeout=0.3)
+        assert time.monotonic() - t < 1.5 and list(every) == list(PRESETS)
+        assert every["scenes"].where == "bundled" and not any(every[n].available for n in TWINS)
     finally:
         silent.close()
 
