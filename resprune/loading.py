@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,19 +20,65 @@ from typing import Any
 class Preset:
     hub_id: str
     note: str
+    family: str = "llava"  # the adapter family (``resprune.adapters.FAMILY_ADAPTERS``)
+    tower: str = "clip"  # "clip" (a [CLS] token), "siglip" or "qwen-vit" (none)
 
 
 PRESETS: dict[str, Preset] = {
     "scenes": Preset("assets/scenes-model", "offline default, 7.4 MB, CPU"),
     "llava-1.5-7b": Preset("llava-hf/llava-1.5-7b-hf", "LLaVA-1.5-7B, ~14 GB download, GPU recommended"),
     "llava-interleave-0.5b": Preset(
-        "llava-hf/llava-interleave-qwen-0.5b-hf", "LLaVA (Qwen2-0.5B LLM), ~1.8 GB download, CPU-friendly"
+        "llava-hf/llava-interleave-qwen-0.5b-hf",
+        "LLaVA (Qwen2-0.5B LLM), ~1.8 GB download, CPU-friendly",
+        tower="siglip",
     ),
-    "llava-next-7b": Preset("llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-NeXT-7B (Vicuna), ~14 GB download, GPU"),
-    "llava-next-mistral-7b": Preset("llava-hf/llava-v1.6-mistral-7b-hf", "LLaVA-NeXT-7B (Mistral), ~15 GB, GPU"),
-    "qwen2.5-vl-7b": Preset("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL-7B, ~16 GB download, GPU"),
-    "qwen2.5-vl-3b": Preset("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-3B, ~7.5 GB download, the smallest Qwen2.5-VL"),
+    "llava-next-7b": Preset(
+        "llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-NeXT-7B (Vicuna), ~14 GB download, GPU", family="llava_next"
+    ),
+    "llava-next-mistral-7b": Preset(
+        "llava-hf/llava-v1.6-mistral-7b-hf", "LLaVA-NeXT-7B (Mistral), ~15 GB, GPU", family="llava_next"
+    ),
+    "qwen2.5-vl-7b": Preset(
+        "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL-7B, ~16 GB download, GPU", family="qwen2_5_vl", tower="qwen-vit"
+    ),
+    "qwen2.5-vl-3b": Preset(
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        "Qwen2.5-VL-3B, ~7.5 GB download, the smallest Qwen2.5-VL",
+        family="qwen2_5_vl",
+        tower="qwen-vit",
+    ),
+    "smolvlm-256m": Preset(
+        "HuggingFaceTB/SmolVLM-256M-Instruct",
+        "SmolVLM-256M (Idefics3), ~0.5 GB download, CPU",
+        family="idefics3",
+        tower="siglip",
+    ),
+    "smolvlm-500m": Preset(
+        "HuggingFaceTB/SmolVLM-500M-Instruct",
+        "SmolVLM-500M (Idefics3), ~1 GB download, CPU",
+        family="idefics3",
+        tower="siglip",
+    ),
+    "llava-onevision-0.5b": Preset(
+        "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        "LLaVA-OneVision-0.5B (SigLIP, Qwen2), ~1.8 GB download, CPU",
+        family="llava_onevision",
+        tower="siglip",
+    ),
 }
+
+
+def preset_methods(name: str) -> tuple[str, ...]:
+    """The registered methods that run on preset ``name`` (without loading it): those whose required internals
+    its family offers; the [CLS]-based internals only with a CLIP tower."""
+    from .adapters import FAMILY_ADAPTERS
+    from .registry import list_methods, method_info
+
+    if name not in PRESETS:
+        raise ValueError(f"name must be one of {', '.join(PRESETS)}, got {name!r}")
+    p = PRESETS[name]
+    offered = (FAMILY_ADAPTERS[p.family].offers if p.tower == "clip" else frozenset()) | {"llm_attention"}
+    return tuple(m for m in list_methods() if set(method_info(m).requires) <= offered)
 
 
 class ModelLoadError(OSError):
@@ -122,3 +170,142 @@ def load_model(name_or_id: str, *, dtype: Any = None, device: Any = "auto", devi
 def preset_path(name: str) -> Path:
     """Folder of a preset that lives in this repository (the offline default)."""
     return Path(__file__).resolve().parent.parent / PRESETS[name].hub_id
+
+
+@dataclass(frozen=True)
+class PresetStatus:
+    """Whether a preset can load here, and from where; ``reason`` is written for a visitor of the web app."""
+
+    available: bool
+    where: str | None  # "bundled" (in this repository), "cache" (downloaded), "hub" (downloadable now), or None
+    reason: str
+
+
+_OFFLINE_VALUES = {"1", "on", "yes", "true"}
+_PROBES: dict[str, tuple[float, bool | int]] = {}  # url -> (time, reachable or HTTP status)
+_SILENT: dict[str, float] = {}  # endpoint -> when it last did not answer (then no repo on it is probed again)
+_PROBE_TTL_S = 300.0
+_NOT_HERE = "Pick the built-in 'scenes' model, or one marked available."
+
+
+def _hub_cache() -> Path:
+    """The hub cache folder as the environment says now (``HF_HUB_CACHE``, else ``HF_HOME``/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def _in_cache(repo_id: str) -> bool:
+    """config.json and every weight file of ``repo_id`` are in the local hub cache (no network)."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = _hub_cache()
+
+    def cached(name: str) -> str | None:
+        f = try_to_load_from_cache(repo_id, name, cache_dir=cache)
+        return f if isinstance(f, str) else None
+
+    if cached("config.json") is None:
+        return False
+    index = cached("model.safetensors.index.json")
+    if index is None:
+        return cached("model.safetensors") is not None
+    shards = set(json.loads(Path(index).read_text(encoding="utf-8")).get("weight_map", {}).values())
+    return bool(shards) and all(cached(s) is not None for s in shards)
+
+
+def _probe(url: str, timeout: float) -> bool | int:
+    """HEAD ``url`` within ``timeout`` seconds in all (DNS included: the request runs in a daemon thread):
+    True if it answers 2xx/3xx, its HTTP status if it refuses, False if it does not answer in time. Cached for
+    ``_PROBE_TTL_S`` seconds."""
+    now = time.monotonic()
+    hit = _PROBES.get(url)
+    if hit is not None and now - hit[0] < _PROBE_TTL_S:
+        return hit[1]
+    result: list[bool | int] = [False]
+
+    def run() -> None:
+        import urllib.error
+        import urllib.request
+
+        try:
+            req = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(req, timeout=timeout):  # noqa: S310 - the hub endpoint, http(s) only
+                result[0] = True
+        except urllib.error.HTTPError as e:
+            result[0] = e.code
+        except (OSError, ValueError):
+            result[0] = False
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    value = result[0] if not t.is_alive() else False
+    _PROBES[url] = (now, value)
+    return value
+
+
+def preset_status(name: str, *, timeout: float = 2.0) -> PresetStatus:
+    """Whether preset ``name`` can load here, without waiting on the network: bundled in this repository, complete
+    in the local hub cache, or (only when ``HF_HUB_OFFLINE`` is not set) downloadable now, by one HEAD request of its
+    config.json bounded by ``timeout`` seconds and remembered for 5 minutes.
+
+    Raises:
+        ValueError: ``name`` is not a preset, or ``timeout`` is not a positive number.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"name must be one of {', '.join(PRESETS)}, got {name!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 30:
+        raise ValueError(f"timeout must be a number of seconds in (0, 30], got {timeout!r}")
+    repo = PRESETS[name].hub_id
+    if name == "scenes":
+        if (preset_path(name) / "config.json").is_file():
+            return PresetStatus(True, "bundled", "Built into this app: loads in seconds and runs on the CPU.")
+        return PresetStatus(False, None, "The built-in model's files are missing from this installation.")
+    if _in_cache(repo):
+        return PresetStatus(True, "cache", "Already downloaded on this server: ready to load.")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE_VALUES:
+        return PresetStatus(
+            False,
+            None,
+            f"Not available here: this server works offline and {name} has not been downloaded. {_NOT_HERE}",
+        )
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    silent = _SILENT.get(endpoint)
+    if silent is not None and time.monotonic() - silent < _PROBE_TTL_S:
+        probe: bool | int = False
+    else:
+        probe = _probe(f"{endpoint}/{repo}/resolve/main/config.json", timeout)
+        if probe is False:
+            _SILENT[endpoint] = time.monotonic()
+    if probe is True:
+        return PresetStatus(
+            True, "hub", f"Downloads from the Hugging Face Hub on first use ({PRESETS[name].note}); that takes a while."
+        )
+    if probe is False:
+        return PresetStatus(
+            False,
+            None,
+            f"Not available right now: the Hugging Face Hub cannot be reached from this server and {name} has not "
+            f"been downloaded. {_NOT_HERE}",
+        )
+    return PresetStatus(
+        False,
+        None,
+        f"Not available: the Hugging Face Hub refuses to serve {name} to this server (it may be gated or moved; "
+        f"HTTP {probe}). {_NOT_HERE}",
+    )
+
+
+def preset_statuses(*, timeout: float = 2.0) -> dict[str, PresetStatus]:
+    """``preset_status`` of every preset, the hub probes in parallel (about ``timeout`` seconds in all, at most)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(PRESETS)) as pool:
+        futures = {name: pool.submit(preset_status, name, timeout=timeout) for name in PRESETS}
+        return {name: f.result() for name, f in futures.items()}

@@ -69,7 +69,9 @@ def test_quarter_budget_prunes_from_layer_on_and_decodes_consistently(family):
     from resprune.methods.fastv import last_query_attention
 
     att = last_query_attention(model, dict(inputs), 0)[inputs["input_ids"][0] == model.config.image_token_id]
-    assert torch.equal(sel.keep_idx, torch.sort(torch.sort(att, descending=True, stable=True).indices[:k]).values)
+    cand = (res.geometry[0].view != VIEW_NEWLINE).nonzero().squeeze(1)  # newlines="drop": not candidates
+    top = cand[torch.sort(att[cand], descending=True, stable=True).indices[:k]]
+    assert torch.equal(sel.keep_idx, torch.sort(top).values)
     with res.generation_context():
         out = model.generate(
             **res.generate_kwargs,

@@ -39,11 +39,12 @@ FAMILY_ADAPTERS: dict[str, Adapter] = {a.family: a for a in _ALL}
 
 
 def adapter_for(model: Any) -> Adapter:
-    """The adapter of ``model``'s class; ``ValueError`` listing the supported classes otherwise."""
+    """The adapter of ``model``'s class (its variant for this checkpoint, ``Adapter.for_model``); ``ValueError``
+    listing the supported classes otherwise."""
     name = type(model).__name__
     if name not in ADAPTERS:
         raise ValueError(f"model: unsupported model class {name!r}; supported: {', '.join(ADAPTERS)}")
-    return ADAPTERS[name]
+    return ADAPTERS[name].for_model(model)
 
 
 __all__ = [

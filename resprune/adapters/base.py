@@ -60,6 +60,11 @@ class Adapter:
     no_internals_reason: str = "this model family does not expose it"
     defaults: Mapping[str, Any] = {}  # method hyperparameters for this family when the caller gives none (alpha)
 
+    def for_model(self, model: Any) -> Adapter:
+        """The adapter for this model instance: ``self``, or a variant where the family's checkpoints differ in what
+        they offer (LLaVA with a SigLIP tower has no [CLS] token)."""
+        return self
+
     def missing(self, model: Any, internal: str) -> str:
         """Why ``internal`` is not offered, for error messages."""
         return f"{type(model).__name__} does not offer {internal}: {self.no_internals_reason}"

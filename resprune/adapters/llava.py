@@ -1,10 +1,11 @@
 """LLaVA-1.5 (``LlavaForConditionalGeneration``, also the project's offline model): one square grid per image
-(LLaVA-1.5: 24 x 24 = 576 tokens from CLIP-L/14 at 336 px); [CLS]: yes; positions of the pruned sequence: compact
-0..L'-1 (default) or the original ones. Relies on ``model.model.get_image_features`` and the CLIP tower
-(transformers 5.x)."""
+(LLaVA-1.5: 24 x 24 = 576 tokens from CLIP-L/14 at 336 px; LLaVA-Interleave: 27 x 27 = 729 from SigLIP 384/14 with
+the "full" strategy); [CLS]: with a CLIP tower only; positions of the pruned sequence: compact 0..L'-1 (default) or
+the original ones. Relies on ``model.model.get_image_features`` and the CLIP tower (transformers 5.x)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -12,6 +13,11 @@ import torch
 from ..types import VIEW_BASE, TokenGeometry
 from ._clip import CLIP_INTERNALS, clip_internals, projector
 from .base import Adapter, ImageTokens, field_int, layer_index
+
+
+def has_cls_token(cfg: Any) -> bool:
+    """Whether a LLaVA-style config's vision tower is CLIP (a [CLS] token first; SigLIP has none)."""
+    return getattr(cfg.vision_config, "model_type", "") == "clip_vision_model"
 
 
 def llava_geometry(processor: Any, image_size: tuple[int, int], n_tokens: int) -> TokenGeometry:
@@ -56,6 +62,20 @@ class LlavaAdapter(Adapter):
     family = "llava"
     offers = CLIP_INTERNALS
     defaults = {"alpha": 0.75}  # ResPrune's paper: alpha = 0.75 for LLaVA-1.5 and LLaVA-NeXT
+    _siglip: LlavaAdapter | None = None
+
+    def for_model(self, model: Any) -> LlavaAdapter:
+        """A SigLIP tower (LLaVA-Interleave) has no [CLS] token: the variant offers no internals and takes the
+        no-[CLS] alpha (0.3, as Qwen2.5-VL in ResPrune's paper and the other SigLIP families here)."""
+        if has_cls_token(model.config):
+            return self
+        if self._siglip is None:
+            v = copy.copy(self)
+            v.offers = frozenset()
+            v.no_internals_reason = "its SigLIP vision tower has no [CLS] token"
+            v.defaults = {"alpha": 0.3}
+            type(self)._siglip = v
+        return self._siglip
 
     def images(
         self, model: Any, processor: Any, inputs: Any, image_sizes: list | None, want: frozenset[str] = frozenset()
