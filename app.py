@@ -873,13 +873,16 @@ def on_token_click(state: dict[str, Any] | None, evt: gr.SelectData) -> str:
         return "No token under this point: click a patch of the image."
     facts = [f"**token {t['index']}** ({t['view']}, row {t['row']}, column {t['col']})"]
     facts.append(f"kept, pick **#{t['pick']}**" if t["kept"] else "**pruned**")
-    if t["relevance"] is not None:
-        facts.append(f"text relevance {t['relevance']:.2f} (0-1)")
-    if t["energy_at_pick"] is not None:
-        facts.append(f"residual energy at its pick {t['energy_at_pick']:.3g}")
-    if t["energy_left"] is not None and not t["kept"]:
-        facts.append(f"{t['energy_left']:.0%} of its energy is outside the kept tokens' span")
+    for key, value in t.items():  # the numbers (text relevance in [0, 1], energies), labelled by their keys
+        if isinstance(value, float) and not (t["kept"] and key == "energy_left"):
+            facts.append(f"{_FACT_LABELS.get(key, key.replace('_', ' '))} {value:.3g}")
     return " · ".join(facts)
+
+
+_FACT_LABELS = {
+    "energy_at_pick": "residual energy at its pick",
+    "energy_left": "share of its energy outside the kept tokens' span",
+}
 
 
 @guarded
