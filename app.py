@@ -1341,9 +1341,10 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
             on_new_scene_ui,
             [instruction, expected, replace],
             [image, instruction, scene_info, expected, *run_outputs],
-            api_name="new_scene",
+            api_name=False,
         )
         api_btn = gr.Button(visible=False)
+        api_btn.click(on_new_scene_api, None, [image, instruction, scene_info], api_name="new_scene")
         api_btn.click(
             api_answer,
             [image, instruction, model, method, api_keep, alpha],
@@ -1364,6 +1365,11 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
 def on_new_scene_ui(instruction: Any, expected: Any, replace: bool) -> tuple:  # noqa: ANN401
     """The New scene button: a fresh scene (``on_new_scene``), the old outputs cleared."""
     return (*on_new_scene(None, instruction, expected, replace), *cleared_outputs())
+
+
+def on_new_scene_api() -> tuple:
+    """API endpoint ``/new_scene``: a random scene, its suggested question and the expected answer (as markdown)."""
+    return on_new_scene()[:3]
 
 
 def on_stats_note(state: Any) -> str:  # noqa: ANN401
