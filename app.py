@@ -1184,8 +1184,8 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         )
         state = gr.State(None)
         expected = gr.State(None)
-        # Row 1: the input and the answers (on a phone the answers come right after Run); row 2: settings, examples
-        # and the figures.
+        # Row 1: the input, the answers and the figures (on a phone the answers come right after Run); row 2: the
+        # examples and settings, the numbers and downloads.
         with gr.Row():
             with gr.Column(scale=1):
                 image = UploadImage(
@@ -1209,40 +1209,6 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                     unpruned = gr.Textbox(label="Unpruned answer", interactive=False, elem_id="unpruned-answer")
                 agree = gr.Markdown(elem_id="verdict")
                 info = gr.Markdown(elem_id="run-info")
-        with gr.Row():
-            with gr.Column(scale=1):
-                ex_gallery = gr.Gallery(
-                    [(e["file"], example_caption(e)) for e in gallery],
-                    label="Examples (click one to run it)",
-                    columns=4,
-                    height="auto",
-                    allow_preview=False,
-                    interactive=False,
-                    elem_id="examples",
-                    visible=bool(gallery),
-                )
-                model = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model")
-                method = gr.Dropdown(method_choices(), value=resprune.DEFAULT_METHOD, label="Method")
-                keep_percent = RawSlider(
-                    1, 100, value=DEFAULT_KEEP_PERCENT, step=1, label="Budget (% of visual tokens)"
-                )
-                keep_tokens = RawNumber(value=0, precision=0, minimum=0, label="Budget in tokens (0: use the %)")
-                takes = method_settings(resprune.DEFAULT_METHOD)
-                with gr.Accordion("Settings of this method", open=False, visible=any(takes.values())) as settings:
-                    alpha = RawSlider(
-                        *ALPHA_RANGE,
-                        value=0.75,
-                        step=0.05,
-                        label="alpha (text guidance strength)",
-                        visible=takes["alpha"],
-                    )
-                    seed_rule = gr.Radio(
-                        ["auto", "max_norm", "weighted"],
-                        value="auto",
-                        label="Seed rule (auto: CLS attention where the tower has a CLS, else max-norm)",
-                        visible=takes["seed"],
-                    )
-            with gr.Column(scale=2):
                 token_info = gr.Markdown(elem_id="token-info")
                 with gr.Tabs(overflow_behavior="wrap"):
                     with gr.Tab("Kept tokens"):
@@ -1281,11 +1247,47 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                         grid_table = gr.Dataframe(
                             headers=["method", "answer", "selection time", "vs expected"], interactive=False
                         )
+        with gr.Row():
+            with gr.Column(scale=1):
+                ex_gallery = gr.Gallery(
+                    [(e["file"], example_caption(e)) for e in gallery],
+                    label="Examples (click one to run it)",
+                    columns=4,
+                    height=260,
+                    object_fit="cover",
+                    allow_preview=False,
+                    interactive=False,
+                    elem_id="examples",
+                    visible=bool(gallery),
+                )
+                model = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model")
+                method = gr.Dropdown(method_choices(), value=resprune.DEFAULT_METHOD, label="Method")
+                keep_percent = RawSlider(
+                    1, 100, value=DEFAULT_KEEP_PERCENT, step=1, label="Budget (% of visual tokens)"
+                )
+                keep_tokens = RawNumber(value=0, precision=0, minimum=0, label="Budget in tokens (0: use the %)")
+                takes = method_settings(resprune.DEFAULT_METHOD)
+                with gr.Accordion("Settings of this method", open=False, visible=any(takes.values())) as settings:
+                    alpha = RawSlider(
+                        *ALPHA_RANGE,
+                        value=0.75,
+                        step=0.05,
+                        label="alpha (text guidance strength)",
+                        visible=takes["alpha"],
+                    )
+                    seed_rule = gr.Radio(
+                        ["auto", "max_norm", "weighted"],
+                        value="auto",
+                        label="Seed rule (auto: CLS attention where the tower has a CLS, else max-norm)",
+                        visible=takes["seed"],
+                    )
+            with gr.Column(scale=2):
                 stats = gr.Dataframe(
                     headers=["quantity", "unpruned", "pruned", "pruned / unpruned"],
                     label="Efficiency",
                     interactive=False,
                     wrap=True,
+                    column_widths=["34%", "22%", "22%", "22%"],
                 )
                 stats_note = gr.Markdown(elem_id="stats-note")
                 downloads = gr.File(
