@@ -1163,8 +1163,10 @@ HOW_IT_WORKS = """**How it works** (ResPrune, the default method):
 4. **Greedy pick.** Keep the token with the largest weighted residual energy, update the others' residuals, repeat
    until the budget K is spent. Move the slider below to watch the picks one by one."""
 
-SCROLL_TO_ANSWERS = """() => { if (window.innerWidth < 700) {
-  document.querySelector('#answers')?.scrollIntoView({behavior: 'instant', block: 'start'}); } }"""
+# Runs in the browser before on_run: on a narrow screen, bring the answers into view. Gradio passes a js function's
+# return value to the Python function as its inputs, so it hands back what it was given.
+SCROLL_TO_ANSWERS = """(...inputs) => { if (window.innerWidth < 700) {
+  document.querySelector('#answers')?.scrollIntoView({behavior: 'instant', block: 'start'}); } return inputs; }"""
 
 
 def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blocks:
@@ -1189,7 +1191,12 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         with gr.Row():
             with gr.Column(scale=1):
                 image = UploadImage(
-                    type="filepath", image_mode=None, label="Image", height=320, sources=["upload", "clipboard"]
+                    type="filepath",
+                    image_mode=None,
+                    label="Image",
+                    height=320,
+                    sources=["upload", "clipboard"],
+                    format="png",  # scenes reach the model exactly as drawn (webp, the default, is lossy)
                 )
                 instruction = gr.Textbox(
                     label="Instruction (Enter runs)",
@@ -1245,7 +1252,9 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                             label="Method comparison", type="pil", interactive=False, show_label=False, elem_id="grid"
                         )
                         grid_table = gr.Dataframe(
-                            headers=["method", "answer", "selection time", "vs expected"], interactive=False
+                            headers=["method", "answer", "selection time", "vs expected"],
+                            interactive=False,
+                            elem_id="grid-table",
                         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -1330,7 +1339,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         )
         overlay.select(on_token_click, state, token_info, api_name=False)
         method.change(on_method, method, [settings, alpha, seed_rule], api_name=False)
-        step.change(step_image, [state, step], step_img, api_name=False, concurrency_limit=4)
+        step.change(on_step, [state, step], step_img, api_name=False, concurrency_limit=4)
         gif_btn.click(gif_file, state, gif, api_name=False)
         compare_btn.click(
             on_compare,
@@ -1372,6 +1381,12 @@ def on_new_scene_ui(instruction: Any, expected: Any, replace: bool) -> tuple:  #
 def on_new_scene_api() -> tuple:
     """API endpoint ``/new_scene``: a random scene, its suggested question and the expected answer (as markdown)."""
     return on_new_scene()[:3]
+
+
+def on_step(state: Any, step: Any) -> Any:  # noqa: ANN401
+    """The step slider: the step-through figure, or nothing while there is no run (the slider is reset when the
+    outputs are cleared; that is no error)."""
+    return None if state is None else step_image(state, step)
 
 
 def on_stats_note(state: Any) -> str:  # noqa: ANN401
