@@ -350,3 +350,33 @@ def test_only_plain_data_crosses_the_gpu_boundary():
     assert ans.result.generate_kwargs == {} and ans.result.context is None
     blob = pickle.dumps(ans)
     assert len(blob) < 5_000_000 and b"LlavaForConditionalGeneration" not in blob
+
+
+def readme_snippets() -> list[str]:
+    """The README's ```python blocks, in order."""
+    import re
+
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_front_matter_is_spaces_ready():
+    front = (ROOT / "README.md").read_text().split("---\n")[1]
+    meta = dict(line.split(": ", 1) for line in front.strip().splitlines())
+    assert len(meta["short_description"]) <= 60, meta["short_description"]
+    assert meta["python_version"].strip('"').startswith("3.") and meta["app_file"] == "app.py"
+
+
+def test_readme_python_snippet_runs_as_written():
+    code = next(c for c in readme_snippets() if "import resprune" in c)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code + "\nassert ans.pruned and out.shape[0] == 1 and len(sel.keep_idx) == 64",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -236,3 +236,27 @@ def test_browser_new_upload_clears_old_results_and_enter_runs(server, browser):
     _wait_answer(page)
     assert "Expected answer" not in _verdict(page)  # an upload has no ground truth
     page.close()
+
+
+def test_readme_gradio_client_snippet_runs_as_written():
+    """The README's client snippet, unchanged, against the app on the address it names (skipped if it is taken)."""
+    import re
+
+    code = next(
+        c
+        for c in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+        if "gradio_client" in c
+    )
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", code).group(1))
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            pytest.skip(f"port {port} is in use")
+    demo = app.build_demo()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        ns: dict = {}
+        exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - the README's own snippet
+        assert ns["res"]["pruned_answer"] and len(ns["res"]["kept_indices"][0]) == 36
+        assert ns["res"]["comparable"] in (True, False) and ns["question"].endswith("?")
+    finally:
+        demo.close()
