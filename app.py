@@ -924,6 +924,43 @@ def on_compare(
     return grid, rows
 
 
+@guarded
+def on_side_by_side(
+    image: Any,  # noqa: ANN401
+    instruction: Any,  # noqa: ANN401
+    model_name: str,
+    method_a: Any,  # noqa: ANN401
+    method_b: Any,  # noqa: ANN401
+    keep_percent: Any,  # noqa: ANN401
+    keep_tokens: Any,  # noqa: ANN401
+    progress: Any = gr.Progress(),  # noqa: B008, ANN401
+) -> tuple:
+    """Two methods on the same image at the same budget: their overlays side by side, and which patches differ
+    (kept by both, by only one of them, with the token indices the overlay click shows)."""
+    import viz
+
+    a, b = _check_method(method_a), _check_method(method_b)
+    if a == b:
+        raise gr.Error("Pick two different methods to compare side by side.", title="Same method twice")
+    img, _, prompt, _, _, n, keep = _prepare(image, instruction, model_name, keep_percent, keep_tokens, progress)
+    res, answers = {}, {}
+    for m in (a, b):
+        ans = _answer(model_name, img, prompt, m, keep, False)
+        res[m], answers[m] = ans.result, shown(ans.pruned)
+    ka, kb = (set(res[m].selections[0].keep_idx.tolist()) for m in (a, b))
+    grid = draw(lambda: fig_to_image(viz.plot_method_grid(img, res, answers=answers, ncols=2)))
+
+    def idx(s: set[int]) -> str:
+        return ", ".join(str(i) for i in sorted(s)) or "none"
+
+    text = (
+        f"At **{keep} of {n}** tokens both keep **{len(ka & kb)}**; only **{a}** keeps {len(ka - kb)} "
+        f"(tokens {idx(ka - kb)}); only **{b}** keeps {len(kb - ka)} (tokens {idx(kb - ka)}). Answers: {a} "
+        f"*{answers[a]}*, {b} *{answers[b]}*."
+    )
+    return grid, text
+
+
 DEFAULT_INSTRUCTION = "What colour is the circle?"
 
 
@@ -1251,6 +1288,21 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                         grid = gr.Image(
                             label="Method comparison", type="pil", interactive=False, show_label=False, elem_id="grid"
                         )
+                        with gr.Accordion("Two methods side by side: which patches differ", open=False):
+                            with gr.Row():
+                                method_a = gr.Dropdown(
+                                    resprune.list_methods(), value=resprune.DEFAULT_METHOD, label="Method A"
+                                )
+                                method_b = gr.Dropdown(
+                                    resprune.list_methods(),
+                                    value=next(m for m in resprune.list_methods() if m != resprune.DEFAULT_METHOD),
+                                    label="Method B",
+                                )
+                            pair_btn = gr.Button("Compare A and B", elem_id="pair")
+                            pair_text = gr.Markdown(elem_id="pair-text")
+                            pair_img = gr.Image(
+                                label="A and B", type="pil", interactive=False, show_label=False, elem_id="pair-image"
+                            )
                         grid_table = gr.Dataframe(
                             headers=["method", "answer", "selection time", "vs expected"],
                             interactive=False,
@@ -1346,6 +1398,13 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
             [image, instruction, model, keep_percent, keep_tokens, expected],
             [grid, grid_table],
             api_name="compare",
+            concurrency_limit=1,
+        )
+        pair_btn.click(
+            on_side_by_side,
+            [image, instruction, model, method_a, method_b, keep_percent, keep_tokens],
+            [pair_img, pair_text],
+            api_name=False,
             concurrency_limit=1,
         )
         new_scene.click(

@@ -380,3 +380,18 @@ def test_readme_python_snippet_runs_as_written():
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_two_methods_side_by_side_name_the_patches_that_differ():
+    import resprune
+    from resprune import scenes
+
+    s = scenes.sample(20_000_010)
+    a = resprune.DEFAULT_METHOD
+    b = next(m for m in resprune.list_methods() if m != a and resprune.method_info(m).stage == "pre-llm")
+    grid, text = app.on_side_by_side(s.image, s.questions[0].text, "scenes", a, b, 25, 0, progress=_noop)
+    assert grid.size[0] > 400 and "At **36 of 144** tokens both keep" in text
+    both, only_a, only_b = (int(x) for x in __import__("re").findall(r"keep\w* \**(\d+)", text)[:3])
+    assert both + only_a == 36 and both + only_b == 36
+    with pytest.raises(gr.Error, match="two different methods"):
+        app.on_side_by_side(s.image, s.questions[0].text, "scenes", a, a, 25, 0, progress=_noop)
