@@ -675,11 +675,18 @@ def figures_for(run: dict[str, Any]) -> dict[str, Any]:
     import viz
 
     res, img, ans = run["answer"].result, run["image"], run["answer"]
+    answer = figure_answer(ans.pruned, bool(run.get("outside_world")))
     return {
-        "overlay": draw(lambda: fig_to_image(viz.plot_kept_tokens(img, res, answer=ans.pruned))),
+        "overlay": draw(lambda: fig_to_image(viz.plot_kept_tokens(img, res, answer=answer))),
         "curves": draw(lambda: fig_to_image(viz.plot_residual_energy(res))),
         "relevance_map": draw(lambda: fig_to_image(viz.plot_relevance(img, res))),
     }
+
+
+def figure_answer(answer: str, outside: bool) -> str:
+    """An answer as a figure's title shows it: ``EMPTY_ANSWER`` for an empty one, and marked as meaningless for an
+    input outside the offline model's world (the picture still shows what the method kept of the image)."""
+    return shown(answer) + (" (meaningless: outside the model's world)" if outside else "")
 
 
 def runs_root() -> Path:
@@ -916,7 +923,7 @@ def on_compare(
                 raise
             rows.append([m, "", f"not available: {_scrub(str(e), 200)}", ""])
             continue
-        results[m], answers[m] = a.result, a.pruned
+        results[m], answers[m] = a.result, figure_answer(a.pruned, bool(outside))
         mark = "" if truth is None or not a.pruned.strip() else "✓" if _norm(a.pruned) == _norm(truth) else "✗"
         mark = "(outside the model's world)" if outside else mark
         rows.append([m, shown(a.pruned), f"{1000 * a.stats.get('selection_seconds', 0.0):.1f} ms", mark])
@@ -943,10 +950,11 @@ def on_side_by_side(
     if a == b:
         raise gr.Error("Pick two different methods to compare side by side.", title="Same method twice")
     img, _, prompt, _, _, n, keep = _prepare(image, instruction, model_name, keep_percent, keep_tokens, progress)
+    outside = bool(world_notes(model_name, img, prompt))
     res, answers = {}, {}
     for m in (a, b):
         ans = _answer(model_name, img, prompt, m, keep, False)
-        res[m], answers[m] = ans.result, shown(ans.pruned)
+        res[m], answers[m] = ans.result, figure_answer(ans.pruned, outside)
     ka, kb = (set(res[m].selections[0].keep_idx.tolist()) for m in (a, b))
     grid = draw(lambda: fig_to_image(viz.plot_method_grid(img, res, answers=answers, ncols=2)))
 

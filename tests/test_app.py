@@ -266,6 +266,8 @@ def test_a_photo_on_the_offline_model_is_not_presented_as_a_finding():
 
 def test_empty_answers_are_shown_and_never_compared():
     assert app.shown("") == app.shown("  ") == "(empty answer)" and app.shown("red") == "red"
+    assert app.figure_answer("", False) == "(empty answer)"  # the figures' titles say it too
+    assert app.figure_answer("left", True) == "left (meaningless: outside the model's world)"
     assert app.agreement_markdown("", "") == "**Both answers are empty**: nothing to compare."
     assert app.agreement_markdown("above", "") == "**One answer is empty**: nothing to compare."
     assert "pruned ✓ right, unpruned ✗ wrong" in app.agreement_markdown("Red.", "blue", expected="red")
