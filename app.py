@@ -1231,8 +1231,8 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         )
         state = gr.State(None)
         expected = gr.State(None)
-        # Row 1: the input, the answers and the figures (on a phone the answers come right after Run); row 2: the
-        # examples and settings, the numbers and downloads.
+        # Row 1: the input and the examples, the answers and the figures (on a phone, Run scrolls to the answers);
+        # row 2: the settings, the numbers and downloads.
         with gr.Row():
             with gr.Column(scale=1):
                 image = UploadImage(
@@ -1255,6 +1255,17 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                     run_btn = gr.Button("Run", variant="primary", elem_id="run")
                 replace = gr.Checkbox(False, label="New scene replaces my question")
                 scene_info = gr.Markdown(elem_id="scene-info")
+                ex_gallery = gr.Gallery(
+                    [(e["file"], example_caption(e)) for e in gallery],
+                    label="Examples (click one to run it)",
+                    columns=3,
+                    height="auto",
+                    object_fit="cover",
+                    allow_preview=False,
+                    interactive=False,
+                    elem_id="examples",
+                    visible=bool(gallery),
+                )
             with gr.Column(scale=2, elem_id="answers"):
                 with gr.Row():
                     pruned = gr.Textbox(label="Pruned answer", interactive=False, elem_id="pruned-answer")
@@ -1318,17 +1329,6 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                         )
         with gr.Row():
             with gr.Column(scale=1):
-                ex_gallery = gr.Gallery(
-                    [(e["file"], example_caption(e)) for e in gallery],
-                    label="Examples (click one to run it)",
-                    columns=4,
-                    height=260,
-                    object_fit="cover",
-                    allow_preview=False,
-                    interactive=False,
-                    elem_id="examples",
-                    visible=bool(gallery),
-                )
                 model = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model")
                 method = gr.Dropdown(method_choices(), value=resprune.DEFAULT_METHOD, label="Method")
                 keep_percent = RawSlider(
@@ -1386,7 +1386,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         run_btn.click(on_run, inputs, run_outputs, api_name="run", concurrency_limit=1, js=SCROLL_TO_ANSWERS).then(
             on_stats_note, [state], stats_note, api_name=False
         )
-        instruction.submit(on_run, inputs, run_outputs, api_name=False, concurrency_limit=1).then(
+        instruction.submit(on_run, inputs, run_outputs, api_name=False, concurrency_limit=1, js=SCROLL_TO_ANSWERS).then(
             on_stats_note, [state], stats_note, api_name=False
         )
         new_outputs = [*run_outputs, expected, scene_info, grid, grid_table]

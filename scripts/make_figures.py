@@ -112,7 +112,8 @@ def screenshot(out: Path = OUT) -> None:
                 page.wait_for_function(answered)
                 if name == "app-phone.png":  # a visitor's first tap: Run, and the page shows the answers
                     page.get_by_role("button", name="Run", exact=True).click()
-                    page.wait_for_timeout(500)
+                    page.wait_for_selector(".eta-bar", state="attached")  # the run started ...
+                    page.wait_for_selector(".eta-bar", state="detached")  # ... and finished
                     page.wait_for_function(answered)
                 page.wait_for_selector("#overlay img[src]", state="attached")
                 page.wait_for_timeout(1500)
