@@ -202,6 +202,10 @@ def test_browser_examples_new_scene_step_through_and_compare(server, browser):
     assert _verdict(page) == ""
     page.get_by_role("button", name="Run", exact=True).click()
     _wait_answer(page)
+    # a click on a patch of the overlay names its token
+    page.locator("#overlay img").click()  # the figure's centre: a token of the image panel
+    page.wait_for_function("() => /token \\d+/.test(document.querySelector('#token-info')?.innerText)")
+    assert "pick" in page.locator("#token-info").inner_text() or "pruned" in page.locator("#token-info").inner_text()
     # the step-through: the slider redraws the figure, next to the "How it works" panel
     page.get_by_role("tab", name="Greedy step-through").click()
     assert page.locator("#how-it-works").is_visible()
