@@ -10,6 +10,12 @@ instructions are limited in characters and in tokens for the chosen model; model
 (one model, one writer); every handler runs inside one error boundary (library errors become their message,
 anything else a generic message and a server log line); per-run files live in gradio's cache, bounded in number
 and removed by ``delete_cache``.
+
+Teaching rules (issue 18): the page opens with the first example of ``assets/examples`` already run
+(``on_first_screen``, computed once per process); a new image clears every old output (``cleared_outputs``); for
+the offline model, an input outside its scene world is said to be so where the answers are (``world_notes``), and
+the verdict then draws no conclusion; the settings shown are those the chosen method takes (``method_settings``,
+from the registry); only plain data crosses the ``spaces.GPU`` boundary (``_answer``).
 """
 
 from __future__ import annotations
@@ -331,6 +337,7 @@ def method_settings(method: str) -> dict[str, bool]:
     return {"alpha": "alpha" in info.hparams, "seed": seed}
 
 
+@guarded
 def on_method(method: str) -> tuple:
     """Show the settings accordion and the settings in it only for a method that uses them."""
     try:
@@ -1037,11 +1044,13 @@ def on_example(index: Any) -> tuple:  # noqa: ANN401
     return image, e["question"], info, expected
 
 
+@guarded
 def on_example_select(evt: gr.SelectData) -> tuple:
     """The gallery's select event: the example clicked, and every old output cleared."""
     return (*on_example(evt.index), *cleared_outputs())
 
 
+@guarded
 def on_new_image() -> tuple:
     """A new upload: no old answers, figures or ground truth stay on the page."""
     return (*cleared_outputs(), None, "", None, [])
@@ -1440,22 +1449,26 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
     return demo
 
 
+@guarded
 def on_new_scene_ui(instruction: Any, expected: Any, replace: bool) -> tuple:  # noqa: ANN401
     """The New scene button: a fresh scene (``on_new_scene``), the old outputs cleared."""
     return (*on_new_scene(None, instruction, expected, replace), *cleared_outputs())
 
 
+@guarded
 def on_new_scene_api() -> tuple:
     """API endpoint ``/new_scene``: a random scene, its suggested question and the expected answer (as markdown)."""
     return on_new_scene()[:3]
 
 
+@guarded
 def on_step(state: Any, step: Any) -> Any:  # noqa: ANN401
     """The step slider: the step-through figure, or nothing while there is no run (the slider is reset when the
     outputs are cleared; that is no error)."""
     return None if state is None else step_image(state, step)
 
 
+@guarded
 def on_stats_note(state: Any) -> str:  # noqa: ANN401
     """The note under the efficiency table for the run in ``state`` (empty before a run)."""
     if not isinstance(state, dict) or "answer" not in state:
