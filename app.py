@@ -1047,13 +1047,16 @@ def on_example(index: Any) -> tuple:  # noqa: ANN401
 @guarded
 def on_example_select(evt: gr.SelectData) -> tuple:
     """The gallery's select event: the example clicked, and every old output cleared."""
-    return (*on_example(evt.index), *cleared_outputs())
+    return (*on_example(evt.index), *cleared_outputs(), *CLEARED_COMPARE)
+
+
+CLEARED_COMPARE = (None, [], None, "")  # the method grid and its table, the side-by-side image and its text
 
 
 @guarded
 def on_new_image() -> tuple:
     """A new upload: no old answers, figures or ground truth stay on the page."""
-    return (*cleared_outputs(), None, "", None, [])
+    return (*cleared_outputs(), None, "", *CLEARED_COMPARE)
 
 
 _FIRST: dict[str, Any] = {}
@@ -1398,11 +1401,15 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         instruction.submit(on_run, inputs, run_outputs, api_name=False, concurrency_limit=1, js=SCROLL_TO_ANSWERS).then(
             on_stats_note, [state], stats_note, api_name=False
         )
-        new_outputs = [*run_outputs, expected, scene_info, grid, grid_table]
+        compare_outputs = [grid, grid_table, pair_img, pair_text]
+        new_outputs = [*run_outputs, expected, scene_info, *compare_outputs]
         image.upload(on_new_image, None, new_outputs, api_name=False)
         image.clear(on_new_image, None, new_outputs, api_name=False)
         ex_gallery.select(
-            on_example_select, None, [image, instruction, scene_info, expected, *run_outputs], api_name=False
+            on_example_select,
+            None,
+            [image, instruction, scene_info, expected, *run_outputs, *compare_outputs],
+            api_name=False,
         ).then(on_run, inputs, run_outputs, api_name=False, concurrency_limit=1).then(
             on_stats_note, [state], stats_note, api_name=False
         )
@@ -1427,7 +1434,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         new_scene.click(
             on_new_scene_ui,
             [instruction, expected, replace],
-            [image, instruction, scene_info, expected, *run_outputs],
+            [image, instruction, scene_info, expected, *run_outputs, *compare_outputs],
             api_name=False,
         )
         api_btn = gr.Button(visible=False)
@@ -1452,7 +1459,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
 @guarded
 def on_new_scene_ui(instruction: Any, expected: Any, replace: bool) -> tuple:  # noqa: ANN401
     """The New scene button: a fresh scene (``on_new_scene``), the old outputs cleared."""
-    return (*on_new_scene(None, instruction, expected, replace), *cleared_outputs())
+    return (*on_new_scene(None, instruction, expected, replace), *cleared_outputs(), *CLEARED_COMPARE)
 
 
 @guarded

@@ -277,9 +277,9 @@ def test_empty_answers_are_shown_and_never_compared():
 
 def test_a_new_image_clears_every_old_output():
     out = app.on_new_image()
-    assert len(out) == len(app.cleared_outputs()) + 4
+    assert len(out) == len(app.cleared_outputs()) + 6
     assert out[:8] == ("", "", "", "", None, None, None, [])
-    assert out[9:] == (None, None, None, None, "", None, "", None, [])
+    assert out[9:] == (None, None, None, None, "", None, "", None, [], None, "")
 
 
 def test_settings_shown_only_for_the_methods_that_use_them():
