@@ -10,6 +10,12 @@ instructions are limited in characters and in tokens for the chosen model; model
 (one model, one writer); every handler runs inside one error boundary (library errors become their message,
 anything else a generic message and a server log line); per-run files live in gradio's cache, bounded in number
 and removed by ``delete_cache``.
+
+Teaching rules (issue 18): the page opens with the first example of ``assets/examples`` already run
+(``on_first_screen``, computed once per process); a new image clears every old output (``cleared_outputs``); for
+the offline model, an input outside its scene world is said to be so where the answers are (``world_notes``), and
+the verdict then draws no conclusion; the settings shown are those the chosen method takes (``method_settings``,
+from the registry); only plain data crosses the ``spaces.GPU`` boundary (``_answer``).
 """
 
 from __future__ import annotations
@@ -312,25 +318,51 @@ def check_alpha(alpha: Any) -> float | None:  # noqa: ANN401
 def method_params(method: str, alpha: float | None, seed_rule: str | None) -> dict[str, Any]:
     """The UI's hyperparameters that ``method`` takes, from the registry: ``alpha`` where it is a hparam, the seed
     rule where ``seed`` is a hparam whose default is a rule name (a string), not a random seed (an int)."""
-    import resprune
-
-    info = resprune.method_info(method)
+    takes = method_settings(method)
     params: dict[str, Any] = {}
-    if alpha is not None and "alpha" in info.hparams:
+    if alpha is not None and takes["alpha"]:
         params["alpha"] = float(alpha)
-    if seed_rule and "seed" in info.hparams:
-        default = inspect.signature(info.fn).parameters["seed"].default
-        if isinstance(default, str):
-            params["seed"] = seed_rule
+    if seed_rule and takes["seed"]:
+        params["seed"] = seed_rule
     return params
 
 
+def method_settings(method: str) -> dict[str, bool]:
+    """Which of the UI's settings ``method`` uses, from the registry (``MethodInfo.hparams``): ``alpha``, and the
+    seed rule where ``seed`` is a hparam whose default is a rule name (a string), not a random seed (an int)."""
+    import resprune
+
+    info = resprune.method_info(method)
+    seed = "seed" in info.hparams and isinstance(inspect.signature(info.fn).parameters["seed"].default, str)
+    return {"alpha": "alpha" in info.hparams, "seed": seed}
+
+
+@guarded
+def on_method(method: str) -> tuple:
+    """Show the settings accordion and the settings in it only for a method that uses them."""
+    try:
+        takes = method_settings(_check_method(method))
+    except gr.Error:
+        takes = {"alpha": False, "seed": False}
+    return (
+        gr.update(visible=any(takes.values())),
+        gr.update(visible=takes["alpha"]),
+        gr.update(visible=takes["seed"]),
+    )
+
+
 @gpu
-def _answer(model: Any, processor: Any, image: Any, prompt: str, method: str, keep: int, compare: bool, **hp: Any):  # noqa: ANN201, ANN401
+def _answer(model_name: str, image: Any, prompt: str, method: str, keep: int, compare: bool, **hp: Any):  # noqa: ANN201, ANN401
+    """The one GPU-bound call (``spaces.GPU`` on a Space). Only plain data crosses it: the model's name, a PIL
+    image, text, numbers and hyperparameters in; the answers, stats and the CPU selection record out (the model
+    is looked up inside; no model inputs, hooks or model-holding objects come back)."""
+    import dataclasses
+
     import resprune
 
     with MODEL_LOCK:  # FastV puts hooks on the shared model for the length of a call
-        return resprune.answer(
+        model, processor = get_model(model_name)
+        ans = resprune.answer(
             model,
             processor,
             image,
@@ -341,6 +373,8 @@ def _answer(model: Any, processor: Any, image: Any, prompt: str, method: str, ke
             compare=compare,
             **hp,
         )
+    res = dataclasses.replace(ans.result, generate_kwargs={}, context=None)
+    return dataclasses.replace(ans, result=res)
 
 
 def _n_visual_tokens(model: Any, processor: Any, image: Any, prompt: str) -> int:  # noqa: ANN401
@@ -397,12 +431,13 @@ def run_answer(
         progress(0.3, desc=f"Running {method} at {keep}/{n} tokens…")
     t0 = time.perf_counter()
     try:
-        ans = _answer(model, processor, img, prompt, method, keep, compare, **method_params(method, alpha, seed_rule))
+        ans = _answer(model_name, img, prompt, method, keep, compare, **method_params(method, alpha, seed_rule))
     except (ValueError, TypeError) as e:
         if not _library_error(e):
             raise
         raise gr.Error(_scrub(str(e)), title="Cannot run this setting") from None
-    notes = notes + tuple(_vocabulary_notes(model_name, prompt))
+    world = tuple(world_notes(model_name, img, prompt))
+    notes = notes + world
     return {
         "image": img,
         "prompt": prompt,
@@ -410,10 +445,55 @@ def run_answer(
         "keep": keep,
         "n": n,
         "notes": notes,
+        "outside_world": world,
         "seconds": time.perf_counter() - t0,
         "model": model_name,
         "method": method,
     }
+
+
+SCENE_FIT_MIN = 0.85  # share of pixels that must match the scene world's palette for an image to be "a scene"
+
+
+def scene_world_fit(image: Any) -> float:  # noqa: ANN401
+    """The share of ``image``'s pixels (at the scene world's size) that the scene world could have drawn: its
+    backgrounds (with their grey gradient), its four object colours (with their shading) or its grey clutter.
+
+    Rendered scenes score 1.0 (0.98 after JPEG); the project's example photos score 0.0-0.23."""
+    import numpy as np
+    from PIL import Image
+
+    from resprune.scenes import world
+
+    side = world.IMAGE_SIZE
+    a = np.asarray(image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32)
+    a = a.reshape(-1, 3)
+    ok = np.zeros(len(a), dtype=bool)
+    for bg in world.BACKGROUNDS:  # background + a grey offset (the gradient, up to about +-24) + noise
+        d = a - np.asarray(bg, dtype=np.float32)
+        ok |= np.linalg.norm(d - np.clip(d.mean(1, keepdims=True), -26, 26), axis=1) < 14
+    for rgb in world.COLOURS.values():  # an object colour times its shade (0.9-1.05)
+        c = np.asarray(rgb, dtype=np.float32)
+        shade = np.clip(a @ c / (c @ c), 0.88, 1.07)
+        ok |= np.linalg.norm(a - shade[:, None] * c, axis=1) < 20
+    grey = a.mean(1)
+    ok |= (a.max(1) - a.min(1) < 10) & (grey > 95) & (grey < 180)  # clutter strokes and specks
+    return float(ok.mean())
+
+
+def world_notes(model_name: str, image: Any, prompt: str) -> list[str]:  # noqa: ANN401
+    """Why the offline model's answers mean nothing for this input (an image or words outside its scene world);
+    empty for other models and for inputs of its world."""
+    if model_name != DEFAULT_MODEL:
+        return []
+    out = []
+    fit = scene_world_fit(image)
+    if fit < SCENE_FIT_MIN:
+        out.append(
+            f"This image is outside the offline model's world: only {fit:.0%} of its pixels look like a scene "
+            "(flat background, red/green/blue/yellow circles, squares and triangles)."
+        )
+    return out + _vocabulary_notes(model_name, prompt)
 
 
 def _vocabulary_notes(model_name: str, prompt: str) -> list[str]:
@@ -452,13 +532,19 @@ def fig_to_image(fig: Any) -> Any:  # noqa: ANN401
     return viz.to_image(fig)
 
 
-def stats_rows(stats: dict[str, Any]) -> list[list[str]]:
-    """The stats dict of ``answer`` as table rows: quantity, unpruned, pruned, pruned/unpruned."""
+def stats_rows(stats: dict[str, Any], *, method: str | None = None) -> list[list[str]]:
+    """The stats dict of ``answer`` as table rows: quantity, unpruned, pruned, pruned/unpruned.
+
+    Prefill times are medians of ``stats["timing_repeats"]`` runs (the label says how many); for a method that
+    prunes inside the LLM (registry stage ``"llm"``), a row with the layer-averaged visual tokens."""
     rows = []
+    repeats = stats.get("timing_repeats")
     for label, key, fmt in _STAT_ROWS:
         before, after = stats.get(f"{key}_before"), stats.get(f"{key}_after")
         if before is None and after is None:
             continue
+        if key == "prefill_seconds" and repeats:
+            label = f"{label} (median of {repeats} runs)"
         ratio = f"{after / before:.3f}" if isinstance(before, (int, float)) and before and after is not None else ""
         rows.append([label, fmt(before), fmt(after), ratio])
     if stats.get("selection_seconds") is not None:
@@ -467,7 +553,39 @@ def stats_rows(stats: dict[str, Any]) -> list[list[str]]:
         rows.append(
             ["prefill speedup", "", f"{stats['prefill_seconds_before'] / stats['prefill_seconds_after']:.2f}x", ""]
         )
+    n, eq = stats.get("visual_tokens_before"), stats.get("visual_tokens_equivalent")
+    if method is not None and _in_llm(method) and eq is not None and n:
+        rows.append(["visual tokens, averaged over layers", _num(n), f"{eq:,.1f}", f"{eq / n:.3f}"])
     return rows
+
+
+def _in_llm(method: str) -> bool:
+    import resprune
+
+    return resprune.method_info(method).stage == "llm"
+
+
+def efficiency_note(method: str, stats: dict[str, Any]) -> str:
+    """One paragraph under the efficiency table: how its numbers were measured, and what an in-LLM method's rows
+    mean (its first layers see every visual token)."""
+    repeats = stats.get("timing_repeats")
+    out = []
+    if repeats:
+        out.append(
+            f"Prefill times are the median of {repeats} runs each; on a busy CPU single timings vary by several "
+            "times, so compare ratios, not milliseconds."
+        )
+    if _in_llm(method):
+        layer = stats.get("llm_layer")
+        first = f"its first {layer} layers" if layer is not None else "its first layers"
+        out.append(
+            f"**{method}** prunes inside the language model: {first} see all "
+            f"{stats.get('visual_tokens_before', 'N')} visual tokens and the later ones only the kept ones. The "
+            "sequence length above is the later layers'; the KV cache holds every token in the first layers (so "
+            "its ratio is above K / N) and the FLOPs count the full first layers. Its timed prefill includes the "
+            "attention scores it computes to choose, which on a model this small can cost more than it saves."
+        )
+    return " ".join(out)
 
 
 def _num(x: Any) -> str:  # noqa: ANN401
@@ -519,11 +637,40 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool, type(None), list))}
 
 
-def agreement_markdown(pruned: str, unpruned: str | None) -> str:
+EMPTY_ANSWER = "(empty answer)"
+
+
+def shown(answer: str | None) -> str:
+    """An answer as the page shows it: ``EMPTY_ANSWER`` for an empty one (a blank box looks like a failure)."""
+    return answer if (answer or "").strip() else EMPTY_ANSWER
+
+
+def agreement_markdown(
+    pruned: str, unpruned: str | None, *, outside: tuple[str, ...] = (), expected: str | None = None
+) -> str:
+    """The verdict line: agree / differ, or why there is nothing to conclude (an empty answer; an input outside
+    the model's world, ``outside``, whose answers are meaningless); with ``expected``, the ground truth's marks."""
+    if outside:
+        return (
+            "**Not a finding: this input is outside what the model knows.** "
+            + " ".join(outside)
+            + " Its answers here are meaningless, so whether they agree says nothing about pruning; the pictures "
+            "still show what the method keeps of this image."
+        )
     if unpruned is None:
         return ""
+    if not pruned.strip() or not unpruned.strip():
+        which = "Both answers are" if not pruned.strip() and not unpruned.strip() else "One answer is"
+        return f"**{which} empty**: nothing to compare."
     same = _norm(pruned) == _norm(unpruned)
-    return "**The answers agree.**" if same else "**The answers differ**: pruning changed what the model says."
+    line = "**The answers agree.**" if same else "**The answers differ**: pruning changed what the model says."
+    if expected:
+        marks = [
+            f"{who} {'✓ right' if _norm(a) == _norm(expected) else '✗ wrong'}"
+            for who, a in (("pruned", pruned), ("unpruned", unpruned))
+        ]
+        line += f" Expected answer **{expected}**: " + ", ".join(marks) + "."
+    return line
 
 
 def _norm(s: str) -> str:
@@ -535,11 +682,18 @@ def figures_for(run: dict[str, Any]) -> dict[str, Any]:
     import viz
 
     res, img, ans = run["answer"].result, run["image"], run["answer"]
+    answer = figure_answer(ans.pruned, bool(run.get("outside_world")))
     return {
-        "overlay": draw(lambda: fig_to_image(viz.plot_kept_tokens(img, res, answer=ans.pruned))),
+        "overlay": draw(lambda: fig_to_image(viz.plot_kept_tokens(img, res, answer=answer))),
         "curves": draw(lambda: fig_to_image(viz.plot_residual_energy(res))),
         "relevance_map": draw(lambda: fig_to_image(viz.plot_relevance(img, res))),
     }
+
+
+def figure_answer(answer: str, outside: bool) -> str:
+    """An answer as a figure's title shows it: ``EMPTY_ANSWER`` for an empty one, and marked as meaningless for an
+    input outside the offline model's world (the picture still shows what the method kept of the image)."""
+    return shown(answer) + (" (meaningless: outside the model's world)" if outside else "")
 
 
 def runs_root() -> Path:
@@ -618,12 +772,43 @@ def gif_file(state: dict[str, Any] | None) -> str:
 
 
 def _slim_state(run: dict[str, Any]) -> dict[str, Any]:
-    """What the step-through needs, kept per session: no model inputs (embeddings, pixel values) and no hooks."""
-    import dataclasses
+    """What the step-through needs, kept per session: the run as ``_answer`` returned it (no model inputs and no
+    hooks: those never cross its boundary)."""
+    return dict(run)
 
-    ans = run["answer"]
-    res = dataclasses.replace(ans.result, generate_kwargs={}, context=None)
-    return dict(run, answer=dataclasses.replace(ans, result=res))
+
+NO_IMAGE = (
+    "**No image yet.** Pick one of the examples (scenes with their expected answer, or photos), press **New scene**, "
+    "or upload an image; then press **Run**."
+)
+
+
+def _expected_answer(expected: Any, prompt: str) -> str | None:  # noqa: ANN401
+    """The ground truth of ``expected`` (``{"question", "answer"}``, set by an example or New scene) when the
+    instruction is still its question; None once the question was edited or the image replaced."""
+    if not isinstance(expected, dict) or not isinstance(expected.get("answer"), str):
+        return None
+    return expected["answer"] if str(expected.get("question", "")).strip() == prompt else None
+
+
+def cleared_outputs(message: str = "") -> tuple:
+    """What every output of ``on_run`` shows before a run (or after a new image): nothing of an old run."""
+    return (
+        "",  # pruned
+        "",  # unpruned
+        message,  # verdict
+        "",  # info
+        None,  # overlay
+        None,  # curves
+        None,  # relevance
+        [],  # stats
+        gr.update(value=0, maximum=1, interactive=False),  # step
+        None,  # step image
+        None,  # downloads
+        None,  # state
+        None,  # API JSON
+        "",  # token under the click
+    )
 
 
 @guarded
@@ -636,9 +821,16 @@ def on_run(
     keep_tokens: Any,  # noqa: ANN401
     alpha: Any,  # noqa: ANN401
     seed_rule: str | None,
+    expected: Any = None,  # noqa: ANN401
     progress: Any = gr.Progress(),  # noqa: B008, ANN401 - gradio injects progress through the default
 ) -> tuple:
-    """The Run button: answers, figures, stats, downloads, and the state for the step-through."""
+    """The Run button: answers, verdict, figures, stats, downloads, the state for the step-through and the overlay
+    clicks, and the API record. With no image yet: a message where the answers go (not an error on every output).
+
+    ``expected`` is ``{"question", "answer"}`` of an example or a New scene: the verdict marks the answers against
+    it while the instruction is still that question."""
+    if image is None:
+        return cleared_outputs(NO_IMAGE)
     run = run_answer(
         image, instruction, model_name, method, keep_percent, keep_tokens, alpha, seed_rule, progress=progress
     )
@@ -648,27 +840,63 @@ def on_run(
     k = run["keep"]
     files = write_downloads(run, figs)
     for note in run["notes"]:
-        gr.Warning(note)
+        if note not in run["outside_world"]:  # those are shown where the answers are
+            gr.Warning(note, duration=8)
     words = ", ".join(w for ws in ans.result.query_words for w in ws) or "(none: text-free score)"
     info = (
         f"**{run['method']}** kept **{k} of {run['n']}** visual tokens · query words: {words} · {run['seconds']:.2f} s"
     )
-    notes = "\n".join(f"- {n}" for n in run["notes"])
-    state = _slim_state(run)
-    return (
+    notes = "\n".join(f"- {n}" for n in run["notes"] if n not in run["outside_world"])
+    hint = "Click a patch on the overlay to see its index, relevance, residual energy at pick and pick order."
+    state = dict(_slim_state(run), overlay=figs["overlay"])
+    verdict = agreement_markdown(
         ans.pruned,
-        ans.unpruned or "",
-        agreement_markdown(ans.pruned, ans.unpruned),
-        info + ("\n\n" + notes if notes else ""),
+        ans.unpruned,
+        outside=run["outside_world"],
+        expected=_expected_answer(expected, run["prompt"]),
+    )
+    first = min(k, max(1, k // 4))
+    return (
+        shown(ans.pruned),
+        "" if ans.unpruned is None else shown(ans.unpruned),
+        verdict,
+        info + ("\n\n" + notes if notes else "") + f"\n\n*{hint}*",
         figs["overlay"],
         figs["curves"],
         figs["relevance_map"],
-        stats_rows(ans.stats),
-        gr.update(maximum=k, value=min(k, max(1, k // 4)), interactive=True),
-        step_image(state, min(k, max(1, k // 4))),
+        stats_rows(ans.stats, method=run["method"]),
+        gr.update(maximum=k, value=first, interactive=True),
+        step_image(state, first),
         files,
         state,
+        api_record(run),
+        "",
     )
+
+
+@guarded
+def on_token_click(state: dict[str, Any] | None, evt: gr.SelectData) -> str:
+    """A click on the overlay: the token under it (``viz.token_at`` on the overlay figure) and what the selection
+    did with it."""
+    import viz
+
+    state = _need_state(state)
+    x, y = evt.index
+    t = viz.token_at(state["answer"].result, x, y, figure=state["overlay"])
+    if t is None:
+        return "No token under this point: click a patch of the image."
+    facts = [f"**token {t['index']}** ({t['view']}, row {t['row']}, column {t['col']})"]
+    facts.append(f"kept, pick **#{t['pick']}**" if t["kept"] else "**pruned**")
+    for key, value in t.items():  # the numbers (text relevance in [0, 1], energies), labelled by their keys
+        if isinstance(value, float) and not (t["kept"] and key == "energy_left"):
+            facts.append(f"{_FACT_LABELS.get(key, key.replace('_', ' '))} {value:.3g}")
+    return " · ".join(facts)
+
+
+_FACT_LABELS = {
+    "energy_at_pick": "residual energy at its pick",
+    "energy_left": "share of its energy outside the kept tokens' span",
+}
 
 
 @guarded
@@ -678,35 +906,85 @@ def on_compare(
     model_name: str,
     keep_percent: Any,  # noqa: ANN401
     keep_tokens: Any,  # noqa: ANN401
+    expected: Any = None,  # noqa: ANN401
     progress: Any = gr.Progress(),  # noqa: B008, ANN401 - gradio injects progress through the default
 ) -> tuple:
-    """All methods at the same budget on the same input: a grid of overlays with their answers."""
+    """All methods at the same budget on the same input: a grid of overlays with their answers, and a table with
+    each answer marked against the ground truth (``expected``, while the instruction is its question)."""
     import resprune
     import viz
 
     img, _, prompt, model, processor, _, keep = _prepare(
         image, instruction, model_name, keep_percent, keep_tokens, progress
     )
+    truth = _expected_answer(expected, prompt)
+    outside = world_notes(model_name, img, prompt)
     results, answers, rows = {}, {}, []
     methods = resprune.list_methods()
     for i, m in enumerate(methods):
         progress((i + 1) / (len(methods) + 1), desc=f"{m}…")
         try:
-            a = _answer(model, processor, img, prompt, m, keep, False)
+            a = _answer(model_name, img, prompt, m, keep, False)
         except (ValueError, TypeError) as e:
             if not _library_error(e):
                 raise
-            rows.append([m, "", f"not available: {_scrub(str(e), 200)}"])
+            rows.append([m, "", f"not available: {_scrub(str(e), 200)}", ""])
             continue
-        results[m], answers[m] = a.result, a.pruned
-        rows.append([m, a.pruned, f"{1000 * a.stats.get('selection_seconds', 0.0):.1f} ms"])
+        results[m], answers[m] = a.result, figure_answer(a.pruned, bool(outside))
+        mark = "" if truth is None or not a.pruned.strip() else "✓" if _norm(a.pruned) == _norm(truth) else "✗"
+        mark = "(outside the model's world)" if outside else mark
+        rows.append([m, shown(a.pruned), f"{1000 * a.stats.get('selection_seconds', 0.0):.1f} ms", mark])
     grid = draw(lambda: fig_to_image(viz.plot_method_grid(img, results, answers=answers))) if results else None
     return grid, rows
 
 
 @guarded
-def on_new_scene(seed: Any = None) -> tuple:  # noqa: ANN401
-    """Draw a fresh scene from the scene world, with a suggested question."""
+def on_side_by_side(
+    image: Any,  # noqa: ANN401
+    instruction: Any,  # noqa: ANN401
+    model_name: str,
+    method_a: Any,  # noqa: ANN401
+    method_b: Any,  # noqa: ANN401
+    keep_percent: Any,  # noqa: ANN401
+    keep_tokens: Any,  # noqa: ANN401
+    progress: Any = gr.Progress(),  # noqa: B008, ANN401
+) -> tuple:
+    """Two methods on the same image at the same budget: their overlays side by side, and which patches differ
+    (kept by both, by only one of them, with the token indices the overlay click shows)."""
+    import viz
+
+    a, b = _check_method(method_a), _check_method(method_b)
+    if a == b:
+        raise gr.Error("Pick two different methods to compare side by side.", title="Same method twice")
+    img, _, prompt, _, _, n, keep = _prepare(image, instruction, model_name, keep_percent, keep_tokens, progress)
+    outside = bool(world_notes(model_name, img, prompt))
+    res, answers = {}, {}
+    for m in (a, b):
+        ans = _answer(model_name, img, prompt, m, keep, False)
+        res[m], answers[m] = ans.result, figure_answer(ans.pruned, outside)
+    ka, kb = (set(res[m].selections[0].keep_idx.tolist()) for m in (a, b))
+    grid = draw(lambda: fig_to_image(viz.plot_method_grid(img, res, answers=answers, ncols=2)))
+
+    def idx(s: set[int]) -> str:
+        return ", ".join(str(i) for i in sorted(s)) or "none"
+
+    text = (
+        f"At **{keep} of {n}** tokens both keep **{len(ka & kb)}**; only **{a}** keeps {len(ka - kb)} "
+        f"(tokens {idx(ka - kb)}); only **{b}** keeps {len(kb - ka)} (tokens {idx(kb - ka)}). Answers: {a} "
+        f"*{answers[a]}*, {b} *{answers[b]}*."
+    )
+    return grid, text
+
+
+DEFAULT_INSTRUCTION = "What colour is the circle?"
+
+
+@guarded
+def on_new_scene(seed: Any = None, instruction: Any = None, expected: Any = None, replace: bool = False) -> tuple:  # noqa: ANN401
+    """Draw a fresh scene from the scene world with a suggested question: ``(image, instruction, info, expected)``.
+
+    The suggestion replaces the instruction only when asked (``replace``) or when the box holds no question of the
+    user's own: empty, the app's default, or the previous suggestion (``expected["question"]``)."""
     import random
 
     from resprune import scenes
@@ -715,7 +993,96 @@ def on_new_scene(seed: Any = None) -> tuple:  # noqa: ANN401
     s = s or random.randrange(10**6, 10**7)
     scene = scenes.sample(s)
     q = scene.questions[0]
-    return scene.image, q.text, f"Scene #{s}; the expected answer is **{q.answer}** ({q.type})."
+    typed = (instruction or "").strip() if isinstance(instruction, str) else ""
+    previous = expected.get("question") if isinstance(expected, dict) else None
+    if replace or typed in ("", DEFAULT_INSTRUCTION, previous):
+        info = f"Scene #{s}; the expected answer is **{q.answer}** ({q.type})."
+        return scene.image, q.text, info, {"question": q.text, "answer": q.answer}
+    info = (
+        f"Scene #{s}. Your question was kept; this scene's suggested question is *{q.text}* (expected answer "
+        f"**{q.answer}**): tick *New scene replaces my question* to use it."
+    )
+    return scene.image, instruction, info, {"question": q.text, "answer": q.answer}
+
+
+def examples() -> list[dict[str, Any]]:
+    """The gallery of ``assets/examples`` (``examples.json``): ``{"file", "question", "answer", "kind", "credit"}``
+    with ``file`` made absolute; only the entries whose image is there."""
+    manifest = EXAMPLES_DIR / "examples.json"
+    if not manifest.is_file():
+        return []
+    out = []
+    for e in json.loads(manifest.read_text()):
+        p = EXAMPLES_DIR / e["file"]
+        if p.is_file():
+            out.append(dict(e, file=str(p)))
+    return out
+
+
+def example_caption(e: dict[str, Any]) -> str:
+    return e["question"] + (f" (expected: {e['answer']})" if e.get("answer") else " (photo)")
+
+
+@guarded
+def on_example(index: Any) -> tuple:  # noqa: ANN401
+    """Example ``index`` of the gallery: ``(image, instruction, info, expected)``."""
+    from PIL import Image
+
+    ex = examples()
+    i = int(_number(index, "example", 0, max(0, len(ex) - 1), integer=True)) if ex else None
+    if i is None:
+        raise gr.Error("There are no examples in this installation.", title="No examples")
+    e = ex[i]
+    with Image.open(e["file"]) as im:
+        image = im.convert("RGB")
+    if e.get("answer"):
+        info = f"Example: a scene of the model's world; the expected answer is **{e['answer']}**."
+        expected = {"question": e["question"], "answer": e["answer"]}
+    else:
+        info = f"Example photo: {e.get('credit') or 'a real photo'}. No ground truth."
+        expected = None
+    return image, e["question"], info, expected
+
+
+@guarded
+def on_example_select(evt: gr.SelectData) -> tuple:
+    """The gallery's select event: the example clicked, and every old output cleared."""
+    return (*on_example(evt.index), *cleared_outputs(), *CLEARED_COMPARE)
+
+
+CLEARED_COMPARE = (None, [], None, "")  # the method grid and its table, the side-by-side image and its text
+
+
+@guarded
+def on_new_image() -> tuple:
+    """A new upload: no old answers, figures or ground truth stay on the page."""
+    return (*cleared_outputs(), None, "", *CLEARED_COMPARE)
+
+
+_FIRST: dict[str, Any] = {}
+
+
+@guarded
+def on_first_screen(
+    model_name: str = DEFAULT_MODEL,
+    method: str | None = None,
+    progress: Any = gr.Progress(),  # noqa: B008, ANN401
+) -> tuple:
+    """The page's first view: the first example, already run (computed once per process, then reused), so the
+    very first screen shows answers and the overlay."""
+    import resprune
+
+    ex = examples()
+    if not ex:
+        return (None, DEFAULT_INSTRUCTION, "", None, *cleared_outputs(NO_IMAGE))
+    method = method or resprune.DEFAULT_METHOD
+    key = (model_name, method)
+    cached = _FIRST.get(key)
+    if cached is None or not all(Path(f).exists() for f in cached[4 + 10] or ()):  # run files removed by the cache
+        image, question, info, expected = on_example(0)
+        outs = on_run(image, question, model_name, method, DEFAULT_KEEP_PERCENT, 0, None, "auto", expected, progress)
+        cached = _FIRST[key] = (image, question, info, expected, *outs)
+    return cached
 
 
 @guarded
@@ -745,11 +1112,22 @@ def api_answer(
         alpha,
         None,
     )
+    return api_record(run)
+
+
+def api_record(run: dict[str, Any]) -> dict[str, Any]:
+    """The ``/answer`` endpoint's JSON object for a run (also shown in the page's "API result" panel).
+
+    ``comparable`` is False where the verdict does not compare the answers: an empty answer, or an input outside
+    the offline model's world (``outside_world`` says why)."""
     rec = selection_record(run)
+    pruned, unpruned = rec["pruned_answer"], rec["unpruned_answer"] or ""
     return {
-        "pruned_answer": rec["pruned_answer"],
+        "pruned_answer": pruned,
         "unpruned_answer": rec["unpruned_answer"],
-        "agree": _norm(rec["pruned_answer"]) == _norm(rec["unpruned_answer"] or ""),
+        "agree": _norm(pruned) == _norm(unpruned),
+        "comparable": bool(pruned.strip() and unpruned.strip() and not run["outside_world"]),
+        "outside_world": list(run["outside_world"]),
         "kept_indices": [s["keep_idx"] for s in rec["selections"]],
         "visual_tokens": rec["visual_tokens"],
         "keep": rec["keep"],
@@ -832,83 +1210,167 @@ class Demo(gr.Blocks):
         return super().launch(*args, **kwargs)
 
 
-def _examples() -> list[list[str]]:
-    out = []
-    if EXAMPLES_DIR.is_dir():
-        for p in sorted(EXAMPLES_DIR.glob("*.png")):
-            q = p.with_suffix(".txt")
-            out.append([str(p), q.read_text().strip() if q.exists() else "What colour is the circle?"])
-    return out
+HOW_IT_WORKS = """**How it works** (ResPrune, the default method):
+1. **Visual tokens.** The vision tower cuts the image into patches; each becomes a vector (a *visual token*) the
+   language model reads. Most are redundant.
+2. **Residual energy.** For every token, how much of it the tokens kept so far cannot explain: the squared length
+   of the part outside their span (the *Residual energy* tab).
+3. **Text weight.** Each token's similarity to the question's words (the *Text relevance* tab), raised to the
+   power alpha, multiplies its residual energy.
+4. **Greedy pick.** Keep the token with the largest weighted residual energy, update the others' residuals, repeat
+   until the budget K is spent. Move the slider below to watch the picks one by one."""
+
+# Runs in the browser before on_run: on a narrow screen, bring the answers into view. Gradio passes a js function's
+# return value to the Python function as its inputs, so it hands back what it was given.
+SCROLL_TO_ANSWERS = """(...inputs) => { if (window.innerWidth < 700) {
+  document.querySelector('#answers')?.scrollIntoView({behavior: 'instant', block: 'start'}); } return inputs; }"""
 
 
 def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blocks:
-    """The app's Blocks (nothing is loaded until the first request).
+    """The app's Blocks (nothing is loaded until the first request; the page's load event runs the first example).
 
     Args:
         delete_cache: gradio's ``(frequency, age)`` in seconds for removing the files this app put in its cache.
     """
     import resprune
 
+    gallery = examples()
     with Demo(title="resprune demo", delete_cache=delete_cache) as demo:
         gr.Markdown(
-            f"# {TITLE}\nUpload an image (or draw a scene), ask a question, and compare the answer of the "
-            "pruned model with the unpruned one. The pictures show which visual tokens survived, how much "
+            f"# {TITLE}\nPick an example, draw a scene or upload an image, ask a question, and compare the answer "
+            "of the pruned model with the unpruned one. The pictures show which visual tokens survived, how much "
             "of the token set they explain (residual energy), and where the question pulled the choice."
         )
         state = gr.State(None)
+        expected = gr.State(None)
+        # Row 1: the input and the examples, the answers and the figures (on a phone, Run scrolls to the answers);
+        # row 2: the settings, the numbers and downloads.
         with gr.Row():
             with gr.Column(scale=1):
                 image = UploadImage(
-                    type="filepath", image_mode=None, label="Image", height=320, sources=["upload", "clipboard"]
+                    type="filepath",
+                    image_mode=None,
+                    label="Image",
+                    height=320,
+                    sources=["upload", "clipboard"],
+                    format="png",  # scenes reach the model exactly as drawn (webp, the default, is lossy)
                 )
-                instruction = gr.Textbox(label="Instruction", value="What colour is the circle?", lines=2, max_lines=6)
+                instruction = gr.Textbox(
+                    label="Instruction (Enter runs)",
+                    value=DEFAULT_INSTRUCTION,
+                    lines=1,
+                    max_lines=6,
+                    elem_id="instruction",
+                )
                 with gr.Row():
                     new_scene = gr.Button("New scene")
-                    run_btn = gr.Button("Run", variant="primary")
-                scene_info = gr.Markdown()
+                    run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                replace = gr.Checkbox(False, label="New scene replaces my question")
+                scene_info = gr.Markdown(elem_id="scene-info")
+                ex_gallery = gr.Gallery(
+                    [(e["file"], example_caption(e)) for e in gallery],
+                    label="Examples (click one to run it)",
+                    columns=3,
+                    height="auto",
+                    object_fit="cover",
+                    allow_preview=False,
+                    interactive=False,
+                    elem_id="examples",
+                    visible=bool(gallery),
+                )
+            with gr.Column(scale=2, elem_id="answers"):
+                with gr.Row():
+                    pruned = gr.Textbox(label="Pruned answer", interactive=False, elem_id="pruned-answer")
+                    unpruned = gr.Textbox(label="Unpruned answer", interactive=False, elem_id="unpruned-answer")
+                agree = gr.Markdown(elem_id="verdict")
+                info = gr.Markdown(elem_id="run-info")
+                token_info = gr.Markdown(elem_id="token-info")
+                with gr.Tabs(overflow_behavior="wrap"):
+                    with gr.Tab("Kept tokens"):
+                        overlay = gr.Image(
+                            label="Kept-token overlay (click a patch)",
+                            type="pil",
+                            elem_id="overlay",
+                            interactive=False,
+                            show_label=False,
+                        )
+                    with gr.Tab("Residual energy"):
+                        curves = gr.Image(
+                            label="Residual-energy curves", type="pil", interactive=False, show_label=False
+                        )
+                    with gr.Tab("Text relevance"):
+                        relevance = gr.Image(
+                            label="Text-relevance heatmap", type="pil", interactive=False, show_label=False
+                        )
+                    with gr.Tab("Greedy step-through"):
+                        gr.Markdown(HOW_IT_WORKS, elem_id="how-it-works")
+                        step = RawSlider(0, 1, value=0, step=1, label="Picks shown", interactive=False, elem_id="step")
+                        step_img = gr.Image(
+                            label="Selection after t picks",
+                            type="pil",
+                            interactive=False,
+                            show_label=False,
+                            elem_id="step-image",
+                        )
+                        gif_btn = gr.Button("Make the animation (GIF)")
+                        gif = gr.Image(label="All steps", type="filepath", interactive=False)
+                    with gr.Tab("Compare methods"):
+                        compare_btn = gr.Button("Run every method at this budget", elem_id="compare")
+                        grid = gr.Image(
+                            label="Method comparison", type="pil", interactive=False, show_label=False, elem_id="grid"
+                        )
+                        with gr.Accordion("Two methods side by side: which patches differ", open=False):
+                            with gr.Row():
+                                method_a = gr.Dropdown(
+                                    resprune.list_methods(), value=resprune.DEFAULT_METHOD, label="Method A"
+                                )
+                                method_b = gr.Dropdown(
+                                    resprune.list_methods(),
+                                    value=next(m for m in resprune.list_methods() if m != resprune.DEFAULT_METHOD),
+                                    label="Method B",
+                                )
+                            pair_btn = gr.Button("Compare A and B", elem_id="pair")
+                            pair_text = gr.Markdown(elem_id="pair-text")
+                            pair_img = gr.Image(
+                                label="A and B", type="pil", interactive=False, show_label=False, elem_id="pair-image"
+                            )
+                        grid_table = gr.Dataframe(
+                            headers=["method", "answer", "selection time", "vs expected"],
+                            interactive=False,
+                            elem_id="grid-table",
+                        )
+        with gr.Row():
+            with gr.Column(scale=1):
                 model = gr.Dropdown(model_choices(), value=DEFAULT_MODEL, label="Model")
                 method = gr.Dropdown(method_choices(), value=resprune.DEFAULT_METHOD, label="Method")
                 keep_percent = RawSlider(
                     1, 100, value=DEFAULT_KEEP_PERCENT, step=1, label="Budget (% of visual tokens)"
                 )
                 keep_tokens = RawNumber(value=0, precision=0, minimum=0, label="Budget in tokens (0: use the %)")
-                with gr.Accordion("Method settings (used by the methods that take them)", open=False):
-                    alpha = RawSlider(*ALPHA_RANGE, value=0.75, step=0.05, label="alpha (text guidance strength)")
+                takes = method_settings(resprune.DEFAULT_METHOD)
+                with gr.Accordion("Settings of this method", open=False, visible=any(takes.values())) as settings:
+                    alpha = RawSlider(
+                        *ALPHA_RANGE,
+                        value=0.75,
+                        step=0.05,
+                        label="alpha (text guidance strength)",
+                        visible=takes["alpha"],
+                    )
                     seed_rule = gr.Radio(
                         ["auto", "max_norm", "weighted"],
                         value="auto",
                         label="Seed rule (auto: CLS attention where the tower has a CLS, else max-norm)",
+                        visible=takes["seed"],
                     )
-                examples = _examples()
-                if examples:
-                    gr.Examples(examples, inputs=[image, instruction], label="Examples")
             with gr.Column(scale=2):
-                with gr.Row():
-                    pruned = gr.Textbox(label="Pruned answer", interactive=False, elem_id="pruned-answer")
-                    unpruned = gr.Textbox(label="Unpruned answer", interactive=False, elem_id="unpruned-answer")
-                agree = gr.Markdown()
-                info = gr.Markdown()
-                with gr.Tabs():
-                    with gr.Tab("Kept tokens"):
-                        overlay = gr.Image(label="Kept-token overlay", type="pil", elem_id="overlay", interactive=False)
-                    with gr.Tab("Residual energy"):
-                        curves = gr.Image(label="Residual-energy curves", type="pil", interactive=False)
-                    with gr.Tab("Text relevance"):
-                        relevance = gr.Image(label="Text-relevance heatmap", type="pil", interactive=False)
-                    with gr.Tab("Greedy step-through"):
-                        step = RawSlider(0, 1, value=0, step=1, label="Picks shown", interactive=False)
-                        step_img = gr.Image(label="Selection after t picks", type="pil", interactive=False)
-                        gif_btn = gr.Button("Make the animation (GIF)")
-                        gif = gr.Image(label="All steps", type="filepath", interactive=False)
-                    with gr.Tab("Compare methods"):
-                        compare_btn = gr.Button("Run every method at this budget")
-                        grid = gr.Image(label="Method comparison", type="pil", interactive=False)
-                        grid_table = gr.Dataframe(headers=["method", "answer", "selection time"], interactive=False)
                 stats = gr.Dataframe(
                     headers=["quantity", "unpruned", "pruned", "pruned / unpruned"],
                     label="Efficiency",
                     interactive=False,
+                    wrap=True,
+                    column_widths=["34%", "22%", "22%", "22%"],
                 )
+                stats_note = gr.Markdown(elem_id="stats-note")
                 downloads = gr.File(
                     label="Downloads (figures as PNG, selection as JSON)", file_count="multiple", interactive=False
                 )
@@ -916,25 +1378,67 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                     api_json = gr.JSON()
                     api_keep = RawNumber(value=36, precision=0, label="keep (tokens)", visible=False)
 
-        inputs = [image, instruction, model, method, keep_percent, keep_tokens, alpha, seed_rule]
-        run_btn.click(
-            on_run,
-            inputs,
-            [pruned, unpruned, agree, info, overlay, curves, relevance, stats, step, step_img, downloads, state],
-            api_name="run",
-            concurrency_limit=1,
+        inputs = [image, instruction, model, method, keep_percent, keep_tokens, alpha, seed_rule, expected]
+        run_outputs = [
+            pruned,
+            unpruned,
+            agree,
+            info,
+            overlay,
+            curves,
+            relevance,
+            stats,
+            step,
+            step_img,
+            downloads,
+            state,
+            api_json,
+            token_info,
+        ]
+        run_btn.click(on_run, inputs, run_outputs, api_name="run", concurrency_limit=1, js=SCROLL_TO_ANSWERS).then(
+            on_stats_note, [state], stats_note, api_name=False
         )
-        step.change(step_image, [state, step], step_img, api_name=False, concurrency_limit=4)
+        instruction.submit(on_run, inputs, run_outputs, api_name=False, concurrency_limit=1, js=SCROLL_TO_ANSWERS).then(
+            on_stats_note, [state], stats_note, api_name=False
+        )
+        compare_outputs = [grid, grid_table, pair_img, pair_text]
+        new_outputs = [*run_outputs, expected, scene_info, *compare_outputs]
+        image.upload(on_new_image, None, new_outputs, api_name=False)
+        image.clear(on_new_image, None, new_outputs, api_name=False)
+        ex_gallery.select(
+            on_example_select,
+            None,
+            [image, instruction, scene_info, expected, *run_outputs, *compare_outputs],
+            api_name=False,
+        ).then(on_run, inputs, run_outputs, api_name=False, concurrency_limit=1).then(
+            on_stats_note, [state], stats_note, api_name=False
+        )
+        overlay.select(on_token_click, state, token_info, api_name=False)
+        method.change(on_method, method, [settings, alpha, seed_rule], api_name=False)
+        step.change(on_step, [state, step], step_img, api_name=False, concurrency_limit=4)
         gif_btn.click(gif_file, state, gif, api_name=False)
         compare_btn.click(
             on_compare,
-            [image, instruction, model, keep_percent, keep_tokens],
+            [image, instruction, model, keep_percent, keep_tokens, expected],
             [grid, grid_table],
             api_name="compare",
             concurrency_limit=1,
         )
-        new_scene.click(on_new_scene, None, [image, instruction, scene_info], api_name="new_scene")
+        pair_btn.click(
+            on_side_by_side,
+            [image, instruction, model, method_a, method_b, keep_percent, keep_tokens],
+            [pair_img, pair_text],
+            api_name=False,
+            concurrency_limit=1,
+        )
+        new_scene.click(
+            on_new_scene_ui,
+            [instruction, expected, replace],
+            [image, instruction, scene_info, expected, *run_outputs, *compare_outputs],
+            api_name=False,
+        )
         api_btn = gr.Button(visible=False)
+        api_btn.click(on_new_scene_api, None, [image, instruction, scene_info], api_name="new_scene")
         api_btn.click(
             api_answer,
             [image, instruction, model, method, api_keep, alpha],
@@ -942,8 +1446,41 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
             api_name="answer",
             concurrency_limit=1,
         )
+        demo.load(
+            on_first_screen,
+            [model, method],
+            [image, instruction, scene_info, expected, *run_outputs],
+            api_name=False,
+        ).then(on_stats_note, [state], stats_note, api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
+
+
+@guarded
+def on_new_scene_ui(instruction: Any, expected: Any, replace: bool) -> tuple:  # noqa: ANN401
+    """The New scene button: a fresh scene (``on_new_scene``), the old outputs cleared."""
+    return (*on_new_scene(None, instruction, expected, replace), *cleared_outputs(), *CLEARED_COMPARE)
+
+
+@guarded
+def on_new_scene_api() -> tuple:
+    """API endpoint ``/new_scene``: a random scene, its suggested question and the expected answer (as markdown)."""
+    return on_new_scene()[:3]
+
+
+@guarded
+def on_step(state: Any, step: Any) -> Any:  # noqa: ANN401
+    """The step slider: the step-through figure, or nothing while there is no run (the slider is reset when the
+    outputs are cleared; that is no error)."""
+    return None if state is None else step_image(state, step)
+
+
+@guarded
+def on_stats_note(state: Any) -> str:  # noqa: ANN401
+    """The note under the efficiency table for the run in ``state`` (empty before a run)."""
+    if not isinstance(state, dict) or "answer" not in state:
+        return ""
+    return efficiency_note(state["method"], state["answer"].stats)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,8 @@
 
     python scripts/make_figures.py                # figures into assets/figures/
     python scripts/make_figures.py --out my-figures   # somewhere else
-    python scripts/make_figures.py --screenshot   # also assets/figures/app.png (needs Debian chromium)
+    python scripts/make_figures.py --screenshot   # also assets/figures/app.png, app-phone.png (Debian chromium)
+    python scripts/make_figures.py --screenshot --no-figures   # only the two screenshots
 
 One test-split scene, its shape question, and every registered method at K = 36 of the 144 visual tokens: the
 kept-token overlay, residual-energy curves, text relevance, one greedy step, the method grid (with relevant-token
@@ -82,7 +83,9 @@ def figures(seed: int = 20_000_001, keep: int = 36, out: Path = OUT) -> None:
         print(f"  {name:22s} {n / 1000:6.1f} kB" + ("  (over the size budget)" if n > MAX_BYTES else ""))
 
 
-def screenshot() -> None:
+def screenshot(out: Path = OUT) -> None:
+    """``app.png`` (desktop, 1400 px wide: the first screen, the first example already run) and ``app-phone.png``
+    (400 px wide, right after Run: the answers first), from the launched app in headless Debian chromium."""
     import socket
 
     from playwright.sync_api import sync_playwright
@@ -94,37 +97,48 @@ def screenshot() -> None:
         port = s.getsockname()[1]
     demo = app.build_demo()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    img = OUT / "_scene.png"
-    scenes.sample(20_000_001).image.save(img)
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = b.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.locator("input[type=file]").first.set_input_files(str(img))
-        page.get_by_label("Instruction").fill("What shape is the green object?")
-        page.get_by_role("button", name="Run", exact=True).click()
-        page.wait_for_function(
-            "() => document.querySelector('#pruned-answer textarea')?.value.length > 0", timeout=120_000
-        )
-        page.wait_for_selector("#overlay img", timeout=60_000)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(OUT / "app.png"))
-        b.close()
-    img.unlink()
-    demo.close()
+    answered = "() => document.querySelector('#pruned-answer textarea')?.value.length > 0"
+    try:
+        with sync_playwright() as p:
+            b = p.chromium.launch(
+                executable_path=shutil.which("chromium"),
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            for name, viewport in (("app.png", (1400, 1000)), ("app-phone.png", (400, 850))):
+                page = b.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+                page.set_default_timeout(120_000)
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function(answered)
+                if name == "app-phone.png":  # a visitor's first tap: Run, and the page shows the answers
+                    page.get_by_role("button", name="Run", exact=True).click()
+                    page.wait_for_selector(".eta-bar", state="attached")  # the run started ...
+                    page.wait_for_selector(".eta-bar", state="detached")  # ... and finished
+                    page.wait_for_function(answered)
+                page.wait_for_selector("#overlay img[src]", state="attached")
+                page.wait_for_timeout(1500)
+                shot = out / name
+                page.screenshot(path=str(shot))
+                im = Image.open(shot).convert("RGB")
+                im.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+                    shot, optimize=True
+                )
+                print(f"  {name:22s} {shot.stat().st_size / 1000:6.1f} kB")
+                page.close()
+            b.close()
+    finally:
+        demo.close()
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--screenshot", action="store_true", help="also screenshot the app (needs chromium)")
+    ap.add_argument("--no-figures", action="store_true", help="only the screenshots (with --screenshot)")
     ap.add_argument("--out", type=Path, default=OUT, help="output folder (default assets/figures)")
     ap.add_argument("--seed", type=int, default=20_000_001, help="scene seed (test split)")
     ap.add_argument("--keep", type=int, default=36, help="K, tokens kept by every method")
     args = ap.parse_args()
-    figures(args.seed, args.keep, args.out)
+    if not args.no_figures:
+        figures(args.seed, args.keep, args.out)
     if args.screenshot:
-        screenshot()
+        screenshot(args.out)

@@ -116,3 +116,151 @@ def test_browser_upload_run_and_see_answers(server, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         browser.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Click-throughs in headless Chromium, desktop and 400 px phone width (loopback only; every wait is bounded)
+
+DESKTOP = {"width": 1400, "height": 1100}
+PHONE = {"width": 400, "height": 850}
+WAIT = 90_000  # ms, the longest any step may take (a Run is ~1-2 s; the first one loads the model)
+TABS = ("Kept tokens", "Residual energy", "Text relevance", "Greedy step-through", "Compare methods")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
+        yield b
+        b.close()
+
+
+def _open(browser, url, viewport):  # noqa: ANN001, ANN202
+    page = browser.new_page(viewport=viewport)
+    page.set_default_timeout(WAIT)
+    page.goto(url)
+    _wait_answer(page)
+    return page
+
+
+def _wait_answer(page):  # noqa: ANN001, ANN202
+    page.wait_for_function("() => document.querySelector('#pruned-answer textarea')?.value.length > 0")
+
+
+def _wait_cleared(page):  # noqa: ANN001, ANN202
+    page.wait_for_function("() => document.querySelector('#pruned-answer textarea')?.value === ''")
+
+
+def _verdict(page) -> str:  # noqa: ANN001
+    return page.locator("#verdict").inner_text()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_browser_first_screen_shows_a_result_and_every_tab(server, browser, viewport):
+    url, _, _ = server
+    page = _open(browser, url, viewport)
+    assert page.locator("#unpruned-answer textarea").input_value()
+    assert "Expected answer" in _verdict(page)
+    page.wait_for_selector("#overlay img[src]", state="attached")
+    for name in TABS:  # no tab hides behind an overflow menu
+        assert page.get_by_role("tab", name=name).is_visible(), name
+    # Run: the answers are on screen right after it (on a phone, too)
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_timeout(300)
+    box = page.locator("#pruned-answer").bounding_box()
+    assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= viewport["height"], box
+    _wait_answer(page)
+    page.close()
+
+
+@pytest.mark.browser
+def test_browser_examples_new_scene_step_through_and_compare(server, browser):
+    url, _, _ = server
+    page = _open(browser, url, DESKTOP)
+    thumbs = page.locator("#examples img")
+    # a photo on the offline model: the honesty message where the answers are
+    photo = next(i for i, e in enumerate(app.examples()) if e["kind"] == "photo")
+    thumbs.nth(photo).click()
+    page.wait_for_function("() => document.querySelector('#verdict')?.innerText.includes('Not a finding')")
+    assert "differ" not in _verdict(page)
+    # a scene example: a verdict with the ground truth
+    thumbs.nth(1).click()
+    page.wait_for_function("() => document.querySelector('#verdict')?.innerText.includes('Expected answer')")
+    # New scene clears the old answers, keeps nothing stale; Run answers it
+    page.get_by_role("button", name="New scene").click()
+    _wait_cleared(page)
+    page.wait_for_function("() => document.querySelector('#scene-info')?.innerText.includes('Scene #')")
+    assert _verdict(page) == ""
+    page.get_by_role("button", name="Run", exact=True).click()
+    _wait_answer(page)
+    # a click on a patch of the overlay names its token
+    page.locator("#overlay img").click()  # the figure's centre: a token of the image panel
+    page.wait_for_function("() => /token \\d+/.test(document.querySelector('#token-info')?.innerText)")
+    assert "pick" in page.locator("#token-info").inner_text() or "pruned" in page.locator("#token-info").inner_text()
+    # the step-through: the slider redraws the figure, next to the "How it works" panel
+    page.get_by_role("tab", name="Greedy step-through").click()
+    assert page.locator("#how-it-works").is_visible()
+    before = page.locator("#step-image img").get_attribute("src")
+    num = page.locator("#step input[type=number]")
+    num.fill("3")
+    num.press("Enter")
+    page.wait_for_function("(b) => document.querySelector('#step-image img')?.getAttribute('src') !== b", arg=before)
+    # Compare: every method's answer in the table, and the grid
+    page.get_by_role("tab", name="Compare methods").click()
+    page.locator("#compare").click()
+    page.wait_for_selector("#grid img[src]")
+    import resprune
+
+    page.wait_for_function(
+        "(ms) => ms.every((m) => document.querySelector('#grid-table')?.innerText.includes(m))",
+        arg=resprune.list_methods(),
+    )
+    page.close()
+
+
+@pytest.mark.browser
+def test_browser_new_upload_clears_old_results_and_enter_runs(server, browser):
+    url, img, _ = server
+    page = _open(browser, url, PHONE)
+    page.locator("input[type=file]").first.set_input_files(str(img))
+    _wait_cleared(page)
+    assert _verdict(page) == "" and "expected answer" not in page.locator("#scene-info").inner_text()
+    box = page.locator("#instruction textarea")
+    box.fill("What colour is the circle?")
+    box.press("Enter")
+    _wait_answer(page)
+    assert "Expected answer" not in _verdict(page)  # an upload has no ground truth
+    page.close()
+
+
+def test_readme_gradio_client_snippet_runs_as_written():
+    """The README's client snippet, unchanged, against the app on the address it names (skipped if it is taken)."""
+    import re
+
+    code = next(
+        c
+        for c in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+        if "gradio_client" in c
+    )
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", code).group(1))
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            pytest.skip(f"port {port} is in use")
+    demo = app.build_demo()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        ns: dict = {}
+        exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - the README's own snippet
+        assert ns["res"]["pruned_answer"] and len(ns["res"]["kept_indices"][0]) == 36
+        assert ns["res"]["comparable"] in (True, False) and ns["question"].endswith("?")
+    finally:
+        demo.close()
