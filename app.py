@@ -49,6 +49,7 @@ DEFAULT_MODEL = "scenes"
 DEFAULT_KEEP_PERCENT = 25
 MAX_INSTRUCTION_CHARS = 1000
 MAX_NEW_TOKENS = 24
+PROBE_SECONDS = 2.0  # the longest the model list waits on the hub (once; remembered 5 minutes)
 ALPHA_RANGE = (0.0, 2.0)  # the alpha slider's range; the API is held to it too
 DELETE_CACHE = (600, 3600)  # gradio's cache: every 10 min, delete the files this app made more than 1 h ago
 MAX_RUN_DIRS = 200  # per-run download folders kept at most (oldest removed first), on top of DELETE_CACHE
@@ -148,16 +149,33 @@ def guarded(fn: Any) -> Any:  # noqa: ANN401
 
 
 def model_choices() -> list[tuple[str, str]]:
-    """(label, value) pairs: the offline default first, then the real checkpoints' presets with their notes."""
-    from resprune.loading import PRESETS
+    """(label, value) pairs: the offline default first, then the real checkpoints' presets with their notes; a
+    preset that cannot load here (offline and not downloaded, hub unreachable) says so in its label, found without
+    waiting on the network (``resprune.loading.preset_statuses``: the local cache, then at most one bounded probe)."""
+    from resprune.loading import PRESETS, preset_statuses
 
+    statuses = preset_statuses(timeout=PROBE_SECONDS)
     choices = [("scenes: offline default (small LLaVA trained on the scene world, CPU)", DEFAULT_MODEL)]
     for name, preset in PRESETS.items():
         if name == DEFAULT_MODEL:
             continue
         note = getattr(preset, "note", None) or (preset.get("note") if isinstance(preset, dict) else "")
-        choices.append((f"{name}: {note}" if note else name, name))
+        label = f"{name}: {note}" if note else name
+        if not statuses[name].available:
+            label = f"{label} (not available on this server)"
+        choices.append((label, name))
     return choices
+
+
+def check_available(name: str) -> None:
+    """A preset that cannot load here fails at once with the reason, written for a web visitor (no 25 s wait
+    behind a spinner, no queue held for the other visitors)."""
+    from resprune.loading import PRESETS, preset_status
+
+    if name in PRESETS:
+        status = preset_status(name, timeout=PROBE_SECONDS)
+        if not status.available:
+            raise gr.Error(f"{status.reason}", title=f"Model {name} not available")
 
 
 def method_choices() -> list[tuple[str, str]]:
@@ -180,6 +198,7 @@ def get_model(name: str) -> tuple[Any, Any]:
 
 
 def _load(name: str, progress: Any = None) -> tuple[Any, Any]:  # noqa: ANN401
+    check_available(name)  # before the lock: an unavailable preset never makes other visitors wait
     with MODEL_LOCK:  # concurrent first requests load once (and never import transformers in two threads)
         if progress is not None and get_model.cache_info().currsize == 0:
             progress(0.05, desc=f"Loading model {name!r} (first run only)…")

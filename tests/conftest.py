@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# No test talks to the Hugging Face Hub (network tests use loopback only): the app's model list and the loaders see
+# an offline server; tests that probe a stand-in hub on 127.0.0.1 lift this themselves.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 

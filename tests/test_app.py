@@ -154,6 +154,32 @@ def test_bad_model_and_budget_are_messages():
         app.run_answer(s.image, "What colour?", "scenes", "resprune", 25, 145, 0.75, None)
 
 
+def test_offline_model_list_and_instant_refusal(monkeypatch, tmp_path):
+    """Offline (HF_HUB_OFFLINE, an empty hub cache): the model list marks every real checkpoint as not available
+    here, the bundled model as available, and picking one fails at once with a message for a web visitor (no
+    25 s wait, no Python call, no path)."""
+    import time
+
+    from resprune import loading
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    labels = dict((v, k) for k, v in app.model_choices())
+    assert "not available" not in labels["scenes"]
+    for name in loading.PRESETS:
+        if name != "scenes":
+            assert labels[name].endswith("(not available on this server)"), labels[name]
+    s = _scene()
+    t0 = time.perf_counter()
+    with pytest.raises(gr.Error) as err:
+        app.run_answer(s.image, "What colour?", "llava-1.5-7b", "resprune", 25, 0, 0.75, None)
+    assert time.perf_counter() - t0 < 2.0
+    msg = str(err.value)
+    assert "works offline" in msg and "llava-1.5-7b" in msg
+    assert "load_model" not in msg and "/" not in msg.replace("llava-hf/", "")
+
+
 def test_new_scene_suggests_a_question():
     from resprune import scenes
 

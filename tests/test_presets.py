@@ -441,7 +441,7 @@ def test_a_cached_preset_loads_by_name_and_runs_the_app_handlers(twin_in_cache, 
     app.get_model.cache_clear()
     try:
         out = app.on_run(str(path), "What colour is the circle?", name, "resprune", 25, 0, None, "auto", progress=_noop)
-        pruned, unpruned, _, info, overlay, curves, relevance, stats, _, step_img, files, state = out
+        pruned, unpruned, _, info, overlay, curves, relevance, stats, _, step_img, files, state = out[:12]
         assert isinstance(pruned, str) and f"of {n}**" in info
         for im in (overlay, curves, relevance, step_img):
             assert im.size[0] > 200 and im.size[1] > 200
