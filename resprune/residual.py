@@ -216,13 +216,16 @@ def greedy_residual(
 
 
 GRAM_MAX_N = 8192  # the (N, N) float64 Gram matrix stays below 512 MiB
+GS_BELOW = 20  # K < N / GS_BELOW: K float64 mat-vecs cost less than one SYRK
 
 
 def auto_solver(n: int, keep: int, d: int) -> str:
-    """``"gram"`` unless its `(N, N)` float64 matrix would be large: one SYRK (N^2 D / 2 multiply-adds,
-    compute-bound) beats K float64 mat-vecs (K N D, memory-bound) at every (N, K) measured with
-    ``python -m resprune.bench select`` (N = 576 and 2880, K = 64 to 320)."""
-    return "gram" if n <= GRAM_MAX_N else "gs"
+    """The faster solver, from measurements (``python -m resprune.bench select``, 2-core CPU, D = 4096): one SYRK
+    (N^2 D / 2 multiply-adds, compute-bound) against K float64 mat-vecs (K N D, memory-bound). Measured in reference
+    layers: N = 576: gram 0.23 / 0.35 / 0.39 at K = 64 / 192 / 320, gs 0.45 / 1.53 / 2.59; N = 2880: gram 1.10 /
+    1.10 / 1.16, gs 0.71 / 1.65 / 2.84. The crossing lies near K = N / 20 (29 at N = 576, 144 at N = 2880); above
+    ``GRAM_MAX_N`` tokens the Gram matrix would be too large."""
+    return "gs" if n > GRAM_MAX_N or n > GS_BELOW * keep else "gram"
 
 
 def _replay(v32: np.ndarray, order: np.ndarray, steps: Sequence[int]) -> np.ndarray:

@@ -38,8 +38,18 @@ def _same(a: resprune.Selection, b: resprune.Selection) -> None:
     assert a.params == b.params and a.notes == b.notes
 
 
+@pytest.fixture(params=[False, True], ids=["cpu-path", "lockstep-path"])
+def lockstep_on_cpu(request, monkeypatch):
+    """Both ways a batch can run here: the CPU's per-image exact core, and the lock-step path an accelerator takes
+    (forced onto the CPU), which must give the same Selections."""
+    from resprune.methods import _common
+
+    monkeypatch.setattr(_common, "LOCKSTEP_ON_CPU", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("method", PRE_LLM)
-def test_select_batch_equals_single_calls(method):
+def test_select_batch_equals_single_calls(method, lockstep_on_cpu):
     items = _ragged()
     q = torch.randn(3, 96, generator=torch.Generator().manual_seed(1))
     kw = {"query": q} if method_info(method).text_aware else {}
@@ -47,7 +57,7 @@ def test_select_batch_equals_single_calls(method):
         _same(got, want)
 
 
-def test_padded_tensor_with_lengths_and_per_image_queries_and_priors():
+def test_padded_tensor_with_lengths_and_per_image_queries_and_priors(lockstep_on_cpu):
     items = _ragged(b=4)
     n = max(t.shape[0] for t in items)
     padded = torch.zeros(4, n, 96)
@@ -82,7 +92,7 @@ def test_lockstep_core_certifies_and_equals_the_exact_core(kind):
         torch.testing.assert_close(curve[b], c, rtol=1e-6, atol=1e-7)
 
 
-def test_uncertified_images_go_to_the_exact_core():
+def test_uncertified_images_go_to_the_exact_core(lockstep_on_cpu):
     """Exact copies (ties) and a rank-deficient image (energies reach float64's noise): the lock-step loop cannot
     certify those picks, so they are recomputed exactly; the batch still equals the single calls."""
     dup = _tokens("duplicates", 200, 64)
@@ -98,7 +108,7 @@ def test_uncertified_images_go_to_the_exact_core():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_inputs(dtype):
+def test_half_precision_inputs(dtype, lockstep_on_cpu):
     items = [t.to(dtype) for t in _ragged(b=3)]
     for method in BATCHED:
         got = select_batch(items, 20, method)
@@ -216,3 +226,22 @@ def test_prune_on_the_gpu_equals_the_cpu(tiny_llava):
         gpu_res = prune(gpu, inputs, method, 16, processor=proc, prompt="red circle")
         assert gpu_res.stats["selection_seconds"] > 0
         assert torch.equal(cpu_sel.order, gpu_res.selections[0].order.cpu())
+
+
+def test_the_lockstep_path_certifies_realistic_batches(monkeypatch):
+    """Forced onto the CPU, the accelerator's path decides every image of a realistic batch itself: the exact core
+    (the fallback) is never called, and the result equals the single calls."""
+    from resprune.methods import _common
+
+    monkeypatch.setattr(_common, "LOCKSTEP_ON_CPU", True)
+    calls = []
+    real = _common.greedy_residual
+    monkeypatch.setattr(_common, "greedy_residual", lambda *a, **k: calls.append(1) or real(*a, **k))
+    items = _ragged()
+    q = torch.randn(3, 96, generator=torch.Generator().manual_seed(5))
+    got = select_batch(items, 30, "resprune", query=q)
+    assert calls == []
+    monkeypatch.setattr(_common, "LOCKSTEP_ON_CPU", False)
+    for g, t in zip(got, items):
+        _same(g, select(t, 30, "resprune", query=q))
+    assert len(calls) == len(items)  # the single calls ran the exact core
