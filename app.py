@@ -334,15 +334,39 @@ def check_alpha(alpha: Any) -> float | None:  # noqa: ANN401
     return None if alpha is None else _number(alpha, "alpha", *ALPHA_RANGE)
 
 
-def method_params(method: str, alpha: float | None, seed_rule: str | None) -> dict[str, Any]:
-    """The UI's hyperparameters that ``method`` takes, from the registry: ``alpha`` where it is a hparam, the seed
-    rule where ``seed`` is a hparam whose default is a rule name (a string), not a random seed (an int)."""
+QUERY_DEFAULT = "method default"
+
+
+def query_choices() -> list[str]:
+    """The query-word modes of ``prune`` (``types.PRUNE_OPTIONS``), after the method's own default."""
+    from resprune.types import PRUNE_OPTIONS
+
+    return [QUERY_DEFAULT, *PRUNE_OPTIONS["query"]]
+
+
+def check_query_mode(mode: Any) -> str | None:  # noqa: ANN401
+    """``None`` (the method's default) or one of ``prune``'s query modes; a ``gr.Error`` otherwise."""
+    if mode in (None, "", QUERY_DEFAULT):
+        return None
+    if mode not in query_choices():
+        raise gr.Error(f"Query words must be one of {', '.join(query_choices())}; got {mode!r}.", title="Bad setting")
+    return mode
+
+
+def method_params(
+    method: str, alpha: float | None, seed_rule: str | None, query_mode: str | None = None
+) -> dict[str, Any]:
+    """The UI's settings that ``method`` takes, from the registry: ``alpha`` where it is a hparam, the seed rule
+    where ``seed`` is a hparam whose default is a rule name (a string), not a random seed (an int), and the query
+    words (``prune``'s ``query`` option) for text-aware methods."""
     takes = method_settings(method)
     params: dict[str, Any] = {}
     if alpha is not None and takes["alpha"]:
         params["alpha"] = float(alpha)
     if seed_rule and takes["seed"]:
         params["seed"] = seed_rule
+    if query_mode and takes["query"]:
+        params["query"] = query_mode
     return params
 
 
@@ -353,7 +377,7 @@ def method_settings(method: str) -> dict[str, bool]:
 
     info = resprune.method_info(method)
     seed = "seed" in info.hparams and isinstance(inspect.signature(info.fn).parameters["seed"].default, str)
-    return {"alpha": "alpha" in info.hparams, "seed": seed}
+    return {"alpha": "alpha" in info.hparams, "seed": seed, "query": info.text_aware}
 
 
 @guarded
@@ -362,11 +386,12 @@ def on_method(method: str) -> tuple:
     try:
         takes = method_settings(_check_method(method))
     except gr.Error:
-        takes = {"alpha": False, "seed": False}
+        takes = {"alpha": False, "seed": False, "query": False}
     return (
         gr.update(visible=any(takes.values())),
         gr.update(visible=takes["alpha"]),
         gr.update(visible=takes["seed"]),
+        gr.update(visible=takes["query"]),
     )
 
 
@@ -439,10 +464,12 @@ def run_answer(
     *,
     compare: bool = True,
     progress: Any = None,  # noqa: ANN401
+    query_mode: Any = None,  # noqa: ANN401
 ) -> dict[str, Any]:
     """Validate the inputs, run the pruned (and unpruned) model; returns a dict with the answer and the record."""
     method = _check_method(method)
     alpha = check_alpha(alpha)
+    query_mode = check_query_mode(query_mode)
     img, notes, prompt, model, processor, n, keep = _prepare(
         image, instruction, model_name, keep_percent, keep_tokens, progress
     )
@@ -450,7 +477,9 @@ def run_answer(
         progress(0.3, desc=f"Running {method} at {keep}/{n} tokens…")
     t0 = time.perf_counter()
     try:
-        ans = _answer(model_name, img, prompt, method, keep, compare, **method_params(method, alpha, seed_rule))
+        ans = _answer(
+            model_name, img, prompt, method, keep, compare, **method_params(method, alpha, seed_rule, query_mode)
+        )
     except (ValueError, TypeError) as e:
         if not _library_error(e):
             raise
@@ -841,17 +870,28 @@ def on_run(
     alpha: Any,  # noqa: ANN401
     seed_rule: str | None,
     expected: Any = None,  # noqa: ANN401
+    query_mode: Any = None,  # noqa: ANN401
     progress: Any = gr.Progress(),  # noqa: B008, ANN401 - gradio injects progress through the default
 ) -> tuple:
     """The Run button: answers, verdict, figures, stats, downloads, the state for the step-through and the overlay
     clicks, and the API record. With no image yet: a message where the answers go (not an error on every output).
 
     ``expected`` is ``{"question", "answer"}`` of an example or a New scene: the verdict marks the answers against
-    it while the instruction is still that question."""
+    it while the instruction is still that question. ``query_mode``: the query words of text-aware methods
+    (``prune``'s ``query``: nouns, keywords or instruction; None or "method default": the method's own)."""
     if image is None:
         return cleared_outputs(NO_IMAGE)
     run = run_answer(
-        image, instruction, model_name, method, keep_percent, keep_tokens, alpha, seed_rule, progress=progress
+        image,
+        instruction,
+        model_name,
+        method,
+        keep_percent,
+        keep_tokens,
+        alpha,
+        seed_rule,
+        progress=progress,
+        query_mode=query_mode,
     )
     progress(0.7, desc="Drawing the figures…")
     ans = run["answer"]
@@ -1381,6 +1421,13 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                         label="Seed rule (auto: CLS attention where the tower has a CLS, else max-norm)",
                         visible=takes["seed"],
                     )
+                    query_mode = gr.Radio(
+                        query_choices(),
+                        value=QUERY_DEFAULT,
+                        label="Query words (nouns: the paper; keywords: every content word; instruction: every "
+                        "token, the paper's Setting-1 ablation)",
+                        visible=takes["query"],
+                    )
             with gr.Column(scale=2):
                 stats = gr.Dataframe(
                     headers=["quantity", "unpruned", "pruned", "pruned / unpruned"],
@@ -1397,7 +1444,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                     api_json = gr.JSON()
                     api_keep = RawNumber(value=36, precision=0, label="keep (tokens)", visible=False)
 
-        inputs = [image, instruction, model, method, keep_percent, keep_tokens, alpha, seed_rule, expected]
+        inputs = [image, instruction, model, method, keep_percent, keep_tokens, alpha, seed_rule, expected, query_mode]
         run_outputs = [
             pruned,
             unpruned,
@@ -1433,7 +1480,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
             on_stats_note, [state], stats_note, api_name=False
         )
         overlay.select(on_token_click, state, token_info, api_name=False)
-        method.change(on_method, method, [settings, alpha, seed_rule], api_name=False)
+        method.change(on_method, method, [settings, alpha, seed_rule, query_mode], api_name=False)
         step.change(on_step, [state, step], step_img, api_name=False, concurrency_limit=4)
         gif_btn.click(gif_file, state, gif, api_name=False)
         compare_btn.click(

@@ -313,12 +313,35 @@ def test_settings_shown_only_for_the_methods_that_use_them():
 
     seen = set()
     for m in resprune.list_methods():
-        acc, alpha, seed = app.on_method(m)
+        acc, alpha, seed, query = app.on_method(m)
         assert alpha["visible"] == ("alpha" in resprune.method_info(m).hparams)
         assert seed["visible"] == app.method_settings(m)["seed"]
-        assert acc["visible"] == (alpha["visible"] or seed["visible"])
+        assert query["visible"] == resprune.method_info(m).text_aware
+        assert acc["visible"] == (alpha["visible"] or seed["visible"] or query["visible"])
         seen.add(acc["visible"])
     assert seen == {True, False}  # some methods take the settings and some do not: the check can fail
+
+
+def test_query_words_option_reaches_prune():
+    """The Query words setting: nouns (the paper), keywords, instruction (every token); the words used are shown;
+    a text-free method ignores it; a bad value is a message."""
+    from resprune import scenes
+
+    image = scenes.sample(20_000_010).image
+    question = "What colour is the small circle?"
+    words = {}
+    for mode in ("nouns", "keywords", "instruction"):
+        out = app.on_run(image, question, "scenes", "resprune", 25, 0, 0.75, "auto", None, mode, progress=_noop)
+        state = out[11]
+        words[mode] = [w for ws in state["answer"].result.query_words for w in ws]
+        assert f"query words: {', '.join(words[mode])}" in out[3]
+    assert "small" not in words["nouns"] and "small" in words["keywords"]
+    assert len(words["instruction"]) > len(words["keywords"])
+    default = app.on_run(image, question, "scenes", "resprune", 25, 0, 0.75, "auto", None, None, progress=_noop)
+    assert [w for ws in default[11]["answer"].result.query_words for w in ws] == words["nouns"]
+    assert app.method_params("divprune", None, None, "keywords") == {}  # text-free: not passed
+    with pytest.raises(gr.Error, match="Query words must be one of method default, nouns, keywords, instruction"):
+        app.run_answer(image, question, "scenes", "resprune", 25, 0, 0.75, None, query_mode="verbs")
 
 
 def test_clicking_a_patch_names_its_token():
