@@ -317,8 +317,9 @@ def test_token_statistics_of_the_worlds(capsys):
     s1, s2 = stats.run(12, 1, with_model=False), stats.run(12, 2, with_model=False)
     assert s2["pixels"]["residual_at_25"] > 2 * s1["pixels"]["residual_at_25"]
     assert s2["pixels"]["effective_rank"] > s1["pixels"]["effective_rank"]
-    m = stats.run(2, 2, with_model=True)["model"]
+    m = stats.run(3, 2, with_model=True)["model"]
     assert 1 <= m["effective_rank"] <= 128 and 0 <= m["residual_at_50"] <= m["residual_at_25"] <= 1
+    assert 0 <= m["relevance_auc"] <= 1 and m["relevance_auc_questions"] >= 1
     assert stats.main(["--n", "2", "--world", "2", "--no-model"]) == 0
     assert "| 2 | pixels |" in capsys.readouterr().out
     with pytest.raises(SystemExit):

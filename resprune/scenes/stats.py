@@ -9,7 +9,9 @@ For ``--n`` test scenes of ``--world`` (1 or 2), two token sets per image:
 Reported as medians over images: the effective rank (``exp`` of the entropy of the normalised squared singular
 values), the residual energy of all tokens left after greedy residual selection (``residual``, the exact core) has
 kept 25 % and 50 % of them, and the first step at which every remaining token counts as spanned (float64 noise
-level), as a share of N (1.0: never before all tokens are kept).
+level), as a share of N (1.0: never before all tokens are kept). With the model, also the cross-modal alignment:
+the AUC with which the text relevance of the question's nouns (``relevance``, the LLM input embeddings) separates
+the tokens covering the question's objects from the others (0.5: no alignment; below 0.5: anti-aligned).
 """
 
 from __future__ import annotations
@@ -62,38 +64,66 @@ def pixel_tokens(image) -> torch.Tensor:  # noqa: ANN001
     return p - p.mean(0, keepdim=True)
 
 
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Probability that a positive token scores above a negative one (ties count half); NaN without both.
+
+    >>> first = torch.tensor([True, False, False])
+    >>> auc(torch.tensor([0.9, 0.1, 0.5]), first), auc(torch.ones(3), first)
+    (1.0, 0.5)
+    """
+    pos, neg = scores[positive].double(), scores[~positive].double()
+    if not pos.numel() or not neg.numel():
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
 def run(n: int = 1000, world: int = 1, with_model: bool = True) -> dict:
     from .. import load_model, prune
+    from ..recall import relevant_tokens
 
     model = processor = None
     if with_model:
         model, processor = load_model("scenes")
     rows: dict[str, list[dict]] = {"pixels": [], "model": []}
+    aucs: list[float] = []
     lo = SPLITS["test"][0]
     for seed in range(lo, lo + n):
         scene = sample(seed, world)
         rows["pixels"].append(token_stats(pixel_tokens(scene.image)))
         if with_model:
-            text = scene.questions[0].text
+            question = next((q for q in scene.questions if q.objects), scene.questions[0])
+            text = question.text
             prompt = processor.apply_chat_template(
                 [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
                 add_generation_prompt=True,
             )
             inputs = processor(images=scene.image, text=prompt, return_tensors="pt")
-            with torch.no_grad():
-                res = prune(model, inputs, "random", 1, processor=processor)  # the tokens; the selection is unused
+            with torch.no_grad():  # the tokens, and the relevance of the question's nouns to each of them
+                res = prune(model, inputs, "relevance", 1, processor=processor, prompt=text)
             rows["model"].append(token_stats(res.visual_tokens[0]))
+            rel = res.selections[0].relevance
+            if question.objects and rel is not None:
+                mask = np.zeros(scene.image.size[::-1], dtype=bool)
+                for o in question.objects:
+                    mask |= o.mask
+                aucs.append(auc(rel.cpu(), relevant_tokens(res.geometry[0], mask)))
     summary = {"world": world, "n": n}
     for kind, rs in rows.items():
         if rs:
             summary[kind] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+    aucs = [a for a in aucs if a == a]
+    if aucs:
+        summary["model"]["relevance_auc"] = statistics.fmean(aucs)
+        summary["model"]["relevance_auc_questions"] = len(aucs)
     return summary
 
 
 def format_table(summaries: list[dict]) -> str:
     lines = [
-        "| world | tokens | effective rank (median) | residual energy at 25 % kept | at 50 % kept | all spanned at |",
-        "|---|---|---:|---:|---:|---:|",
+        "| world | tokens | effective rank (median) | residual energy at 25 % kept | at 50 % kept | all spanned at "
+        "| relevance AUC for the question's objects (mean) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         for kind in ("pixels", "model"):
@@ -101,7 +131,12 @@ def format_table(summaries: list[dict]) -> str:
                 r = s[kind]
                 lines.append(
                     f"| {s['world']} | {kind} | {r['effective_rank']:.1f} | {r['residual_at_25']:.2e} | "
-                    f"{r['residual_at_50']:.2e} | {100 * r['all_spanned_at']:.0f} % of N |"
+                    f"{r['residual_at_50']:.2e} | {100 * r['all_spanned_at']:.0f} % of N | "
+                    + (
+                        f"{r['relevance_auc']:.2f} ({r['relevance_auc_questions']} questions) |"
+                        if "relevance_auc" in r
+                        else "– |"
+                    )
                 )
     lines.append("")
     lines.append(f"Medians over {summaries[0]['n']} test scenes per world (python -m resprune.scenes.stats).")
