@@ -58,10 +58,21 @@ TITLE = "resprune: what does the model still see after visual-token pruning?"
 
 log = logging.getLogger("resprune.app")
 
-# One model, one writer: model loads and everything that runs the model (token counts, answers, FastV hooks)
-# hold this lock; figures are drawn outside it. Re-entrant so a handler may call another one.
-MODEL_LOCK = threading.RLock()
+# One model, one writer: a model's load and everything that runs it (token counts, answers, FastV hooks) hold that
+# model's lock (model_lock(name)); figures are drawn outside it. Visitors of different models do not wait for each
+# other (a large model loading does not block the offline one). Re-entrant so a handler may call another one.
+_MODEL_LOCKS: dict[str, threading.RLock] = {}
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(name: str) -> threading.RLock:
+    """The lock of model ``name`` (one per model name, created on first use)."""
+    with _MODEL_LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(name, threading.RLock())
+
+
 _IMPORT_LOCK = threading.Lock()
+_LOADED: set[str] = set()  # model names loaded at least once in this process
 _RUN_DIR_LOCK = threading.Lock()
 FIGURE_THREADS = 2  # figures are drawn on this many threads: in parallel, with bounded per-thread font caches
 _FIGURE_POOL: list[Any] = []
@@ -191,7 +202,7 @@ def method_choices() -> list[tuple[str, str]]:
 
 @functools.lru_cache(maxsize=2)
 def get_model(name: str) -> tuple[Any, Any]:
-    """Load (once per process) and return ``(model, processor)``; call it under ``MODEL_LOCK``."""
+    """Load (once per process) and return ``(model, processor)``; call it under ``model_lock(name)``."""
     import resprune
 
     return resprune.load_model(name)
@@ -199,11 +210,15 @@ def get_model(name: str) -> tuple[Any, Any]:
 
 def _load(name: str, progress: Any = None) -> tuple[Any, Any]:  # noqa: ANN401
     check_available(name)  # before the lock: an unavailable preset never makes other visitors wait
-    with MODEL_LOCK:  # concurrent first requests load once (and never import transformers in two threads)
-        if progress is not None and get_model.cache_info().currsize == 0:
+    with _IMPORT_LOCK:  # the model classes are imported once, by one thread
+        import transformers  # noqa: F401
+    with model_lock(name):  # concurrent first requests of one model load it once; other models do not wait
+        if progress is not None and name not in _LOADED:
             progress(0.05, desc=f"Loading model {name!r} (first run only)…")
         try:
-            return get_model(name)
+            loaded = get_model(name)
+            _LOADED.add(name)
+            return loaded
         except Exception as e:  # noqa: BLE001 - the loader's message names the model and what to do
             raise gr.Error(f"Could not load model {name!r}: {_scrub(str(e))}", title="Model not available") from None
 
@@ -404,7 +419,7 @@ def _answer(model_name: str, image: Any, prompt: str, method: str, keep: int, co
 
     import resprune
 
-    with MODEL_LOCK:  # FastV puts hooks on the shared model for the length of a call
+    with model_lock(model_name):  # FastV puts hooks on the shared model for the length of a call
         model, processor = get_model(model_name)
         ans = resprune.answer(
             model,
@@ -421,11 +436,11 @@ def _answer(model_name: str, image: Any, prompt: str, method: str, keep: int, co
     return dataclasses.replace(ans, result=res)
 
 
-def _n_visual_tokens(model: Any, processor: Any, image: Any, prompt: str) -> int:  # noqa: ANN401
+def _n_visual_tokens(model_name: str, model: Any, processor: Any, image: Any, prompt: str) -> int:  # noqa: ANN401
     """Visual tokens the model makes of ``image`` (a keep-all dry run would be too slow; ask the processor)."""
     import resprune
 
-    with MODEL_LOCK:
+    with model_lock(model_name):
         return resprune.count_visual_tokens(model, processor, image, prompt)
 
 
@@ -445,7 +460,7 @@ def _prepare(image: Any, instruction: Any, model_name: str, keep_percent: Any, k
     prompt = check_instruction(instruction)
     model, processor = _load(model_name, progress)
     check_markers(processor, prompt, model_name)
-    n = _n_visual_tokens(model, processor, img, prompt)
+    n = _n_visual_tokens(model_name, model, processor, img, prompt)
     check_prompt_fits(model, processor, prompt, n, model_name)
     keep = budget(n, keep_percent, keep_tokens)
     return img, notes, prompt, model, processor, n, keep
