@@ -264,3 +264,27 @@ def test_readme_gradio_client_snippet_runs_as_written():
         assert ns["res"]["comparable"] in (True, False) and ns["question"].endswith("?")
     finally:
         demo.close()
+
+
+@pytest.mark.browser
+def test_browser_offline_model_list_marks_and_explains_unavailable_presets(server, browser):
+    """Offline (the suite runs with HF_HUB_OFFLINE and no downloaded checkpoints): the Model list marks the real
+    checkpoints as not available on this server; picking one and pressing Run shows why, at once, in words for a
+    visitor; the offline model still answers afterwards."""
+    import re
+
+    url, _, _ = server
+    page = _open(browser, url, DESKTOP)
+    page.get_by_label("Model", exact=True).click()
+    option = page.get_by_role("option", name=re.compile(r"^llava-1\.5-7b: "))
+    assert "(not available on this server)" in option.inner_text()
+    assert "not available" not in page.get_by_role("option", name=re.compile(r"^scenes: ")).inner_text()
+    option.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_function("() => document.body.innerText.includes('works offline')")
+    assert "load_model" not in page.locator("body").inner_text()
+    page.get_by_label("Model", exact=True).click()
+    page.get_by_role("option", name=re.compile(r"^scenes: ")).click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    _wait_answer(page)
+    page.close()

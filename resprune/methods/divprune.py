@@ -25,7 +25,8 @@ def select_divprune(tokens: torch.Tensor, keep: int, *, query: torch.Tensor | No
     >>> select_divprune(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), 2).keep_idx.tolist()
     [0, 2]
     """
-    return _run([tokens], keep, [query], lockstep=tokens.device.type != "cpu")[0]
+    on_accelerator = isinstance(tokens, torch.Tensor) and tokens.device.type != "cpu"  # checked in _run
+    return _run([tokens], keep, [query], lockstep=on_accelerator)[0]
 
 
 CERTIFY = 1e-12  # a lock-step pick counts only if it beats the runner-up by this much (distances lie in [0, 2])
