@@ -1154,7 +1154,9 @@ def on_first_screen(
     cached = _FIRST.get(key)
     if cached is None or not all(Path(f).exists() for f in cached[4 + 10] or ()):  # run files removed by the cache
         image, question, info, expected = on_example(0)
-        outs = on_run(image, question, model_name, method, DEFAULT_KEEP_PERCENT, 0, None, "auto", expected, progress)
+        outs = on_run(
+            image, question, model_name, method, DEFAULT_KEEP_PERCENT, 0, None, "auto", expected, progress=progress
+        )
         cached = _FIRST[key] = (image, question, info, expected, *outs)
     return cached
 
@@ -1459,7 +1461,10 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                     api_json = gr.JSON()
                     api_keep = RawNumber(value=36, precision=0, label="keep (tokens)", visible=False)
 
-        inputs = [image, instruction, model, method, keep_percent, keep_tokens, alpha, seed_rule, expected, query_mode]
+        # the query-words setting travels as state, so /run keeps its API (8 values: state is not part of it)
+        query_state = gr.State(None)
+        query_mode.change(check_query_mode, query_mode, query_state, api_name=False)
+        inputs = [image, instruction, model, method, keep_percent, keep_tokens, alpha, seed_rule, expected, query_state]
         run_outputs = [
             pruned,
             unpruned,

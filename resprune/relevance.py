@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def text_relevance(tokens: torch.Tensor, query: torch.Tensor, *, aggregation: str = "max") -> torch.Tensor:
+def text_relevance(
+    tokens: torch.Tensor, query: torch.Tensor, *, aggregation: str = "max", norms: torch.Tensor | None = None
+) -> torch.Tensor:
     """Raw cosine relevance of each visual token to the query.
 
     Args:
@@ -18,13 +20,16 @@ def text_relevance(tokens: torch.Tensor, query: torch.Tensor, *, aggregation: st
         query: `(Q, D)` text-token embeddings.
         aggregation: ``"max"`` (``max_j cos(v_i, t_j)``, the paper's Eq. 13), ``"mean"`` (``mean_j cos``) or
             ``"pooled"`` (``cos(v_i, mean_j t_j)``).
+        norms: `(N,)` the tokens' norms when the caller has them (one pass over the tokens fewer).
 
     Returns:
         `(N,)` float64 in [-1, 1] (computed in float64: the ranking ties of float32 cosines are resolved; the cost is
         an `(N, D) x (D, Q)` product with Q a few words).
     """
     v = tokens.double()  # (N, D); no copy when the caller already holds float64 tokens
-    inv = 1.0 / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-12)  # (N, 1), as F.normalize
+    if norms is None:
+        norms = torch.linalg.vector_norm(v, dim=1)
+    inv = 1.0 / norms.double().reshape(-1, 1).clamp_min(1e-12)  # (N, 1), as F.normalize
     if aggregation == "pooled":
         t = torch.nn.functional.normalize(query.double().mean(0, keepdim=True), dim=-1)  # (1, D)
         return (v @ t.T)[:, 0] * inv[:, 0]
@@ -59,9 +64,14 @@ def map_relevance(r: torch.Tensor, *, mapping: str = "minmax", floor: float = 1e
 
 
 def mapped_relevance(
-    v: torch.Tensor, q: torch.Tensor | None, aggregation: str = "max", mapping: str = "minmax", floor: float = 1e-6
+    v: torch.Tensor,
+    q: torch.Tensor | None,
+    aggregation: str = "max",
+    mapping: str = "minmax",
+    floor: float = 1e-6,
+    norms: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """``map_relevance(text_relevance(v, q))``, or ``None`` without a query."""
     if q is None:
         return None
-    return map_relevance(text_relevance(v, q, aggregation=aggregation), mapping=mapping, floor=floor)
+    return map_relevance(text_relevance(v, q, aggregation=aggregation, norms=norms), mapping=mapping, floor=floor)

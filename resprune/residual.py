@@ -42,6 +42,7 @@ def greedy_residual(
     seed: int | None,
     *,
     solver: str,
+    norm2: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy subspace expansion with exact (float64) picks; the loop runs in NumPy (K small steps).
 
@@ -53,6 +54,7 @@ def greedy_residual(
         solver: how the float64 estimates are kept: ``"gs"``: the Gram–Schmidt basis of the picks and one
             `(N, D)` mat-vec per pick, O(N K D) as in the paper; ``"gram"``: one `(N, N)` Gram GEMM, then
             pivoted-Cholesky steps of O(N t). The same picks.
+        norm2: `(N,)` float64 squared norms of ``v`` when the caller has them.
 
     Returns:
         order `(K,)` int64, energy at pick `(K,)` (float64; exact where the pick needed an exact decision, else the
@@ -63,7 +65,7 @@ def greedy_residual(
         raise ValueError(f"solver must be 'gs', 'gram' or 'auto', got {solver!r}")
     v64 = v.double().numpy()  # (N, D); float32 values, so exact
     n, dim = v64.shape
-    norm2 = np.einsum("nd,nd->n", v64, v64)  # (N,)
+    norm2 = np.einsum("nd,nd->n", v64, v64) if norm2 is None else norm2.double().cpu().numpy().copy()  # (N,)
     total0 = float(norm2.sum())
     span_tol = SPAN_RTOL * float(norm2.max()) if n else 0.0
     w = np.ones(n) if weight is None else weight.double().numpy()

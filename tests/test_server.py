@@ -288,3 +288,23 @@ def test_browser_offline_model_list_marks_and_explains_unavailable_presets(serve
     page.get_by_role("button", name="Run", exact=True).click()
     _wait_answer(page)
     page.close()
+
+
+@pytest.mark.browser
+def test_browser_query_words_setting_reaches_the_run(server, browser):
+    """Settings → Query words → keywords: the adjective of the question is among the query words of the next Run
+    (nouns, the default, leave it out)."""
+    url, _, _ = server
+    page = _open(browser, url, DESKTOP)
+    box = page.locator("#instruction textarea")
+    box.fill("What colour is the small circle?")
+    box.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#run-info')?.innerText.includes('query words: colour, circle')"
+    )
+    page.get_by_text("Settings of this method").click()
+    page.get_by_label("keywords", exact=True).check()
+    page.wait_for_timeout(300)
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#run-info')?.innerText.includes('small')")
+    page.close()

@@ -88,6 +88,7 @@ class GreedyPlan:
     params: dict
     relevance: torch.Tensor | None
     notes: tuple[str, ...]
+    norm2: torch.Tensor | None = None  # (N,) float64 squared norms, when the method computed them
 
 
 def run_greedy(plans: list[GreedyPlan], method: str, *, lockstep: bool) -> list[Selection]:
@@ -139,7 +140,7 @@ def run_greedy(plans: list[GreedyPlan], method: str, *, lockstep: bool) -> list[
     for i, p in enumerate(plans):
         if out[i] is None:
             w = None if p.weight is None else p.weight.cpu()
-            order, energy, gain, curve = greedy_residual(p.v64.cpu(), p.k, w, p.first, solver=p.solver)
+            order, energy, gain, curve = greedy_residual(p.v64.cpu(), p.k, w, p.first, solver=p.solver, norm2=p.norm2)
             out[i] = finish(
                 p.tokens,
                 order,

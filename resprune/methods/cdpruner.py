@@ -59,23 +59,23 @@ def _plan(tokens, keep, query, negate, floor) -> GreedyPlan:  # noqa: ANN001
     if not (isinstance(floor, (int, float)) and 0.0 <= floor < 1.0):
         raise ValueError(f"floor must be in [0, 1), got {floor!r}")
     v64 = v.double()
+    norm2 = v64.pow(2).sum(1)
     notes: tuple[str, ...] = ()
     rel = None
     if q is None:
         notes = (NO_QUERY,)
     else:
-        raw = text_relevance(v64, q.to(v64.device), aggregation="mean")
+        raw = text_relevance(v64, q.to(v64.device), aggregation="mean", norms=norm2.sqrt())
         raw = -raw if negate else raw
         lo, hi = raw.min(), raw.max()
         if float(hi - lo) > 1e-12:
             rel = floor + (1 - floor) * (raw - lo) / (hi - lo)
         else:
             notes = (CONSTANT,)
-    norm2 = v64.pow(2).sum(1)
     r2 = torch.ones_like(norm2) if rel is None else rel.pow(2)
     weight = torch.where(norm2 > 0, r2 / norm2.clamp_min(1e-300), torch.zeros_like(norm2))
     solver = auto_solver(v.shape[0], k, v.shape[1])
-    return GreedyPlan(tokens, v64, k, weight, None, solver, dict(negate=negate, floor=floor), rel, notes)
+    return GreedyPlan(tokens, v64, k, weight, None, solver, dict(negate=negate, floor=floor), rel, notes, norm2)
 
 
 def _batch_cdpruner(tokens, keep, queries, internals, *, negate: bool = False, floor: float = 0.0) -> list[Selection]:  # noqa: ANN001

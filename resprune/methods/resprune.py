@@ -102,8 +102,9 @@ def _plan(tokens, keep, query, alpha, aggregation, mapping, floor, seed, seed_pr
         raise ValueError("seed='prior' needs seed_prior (a per-token prior such as CLS attention)")
 
     notes: list[str] = []
-    v64 = v.double()  # one float64 copy, shared by the relevance and the greedy core
-    rel = mapped_relevance(v64, None if q is None else q.to(v64.device), aggregation, mapping, floor)
+    v64 = v.double()  # one float64 copy and one pass for the norms, shared by the relevance, seed and greedy core
+    norm2 = v64.pow(2).sum(1)
+    rel = mapped_relevance(v64, None if q is None else q.to(v64.device), aggregation, mapping, floor, norm2.sqrt())
     if rel is None and alpha != 0:
         notes.append(NO_QUERY)
     weight = None if (rel is None or alpha == 0) else rel.double().pow(alpha)
@@ -113,10 +114,10 @@ def _plan(tokens, keep, query, alpha, aggregation, mapping, floor, seed, seed_pr
     elif seed == "prior" or (seed == "auto" and seed_prior is not None):
         seed_rule, first = "prior", int(torch.argmax(seed_prior))
     else:
-        seed_rule, first = "max_norm", int(torch.argmax(torch.linalg.vector_norm(v64, dim=1)))
+        seed_rule, first = "max_norm", int(torch.argmax(norm2))
     chosen = auto_solver(n, k, v.shape[1]) if solver == "auto" else solver
     params = dict(alpha=alpha, aggregation=aggregation, mapping=mapping, floor=floor, seed=seed_rule, solver=chosen)
-    return GreedyPlan(tokens, v64, k, weight, first, chosen, params, rel, tuple(notes))
+    return GreedyPlan(tokens, v64, k, weight, first, chosen, params, rel, tuple(notes), norm2)
 
 
 def _batch_resprune(tokens, keep, queries, internals, **hparams) -> list[Selection]:  # noqa: ANN001
