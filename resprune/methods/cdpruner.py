@@ -59,13 +59,14 @@ def _plan(tokens, keep, query, negate, floor) -> GreedyPlan:  # noqa: ANN001
     if not (isinstance(floor, (int, float)) and 0.0 <= floor < 1.0):
         raise ValueError(f"floor must be in [0, 1), got {floor!r}")
     v64 = v.double()
-    norm2 = v64.pow(2).sum(1)
+    norms = torch.linalg.vector_norm(v64, dim=1)
+    norm2 = norms.pow(2)
     notes: tuple[str, ...] = ()
     rel = None
     if q is None:
         notes = (NO_QUERY,)
     else:
-        raw = text_relevance(v64, q.to(v64.device), aggregation="mean", norms=norm2.sqrt())
+        raw = text_relevance(v64, q.to(v64.device), aggregation="mean", norms=norms)
         raw = -raw if negate else raw
         lo, hi = raw.min(), raw.max()
         if float(hi - lo) > 1e-12:

@@ -103,8 +103,9 @@ def _plan(tokens, keep, query, alpha, aggregation, mapping, floor, seed, seed_pr
 
     notes: list[str] = []
     v64 = v.double()  # one float64 copy and one pass for the norms, shared by the relevance, seed and greedy core
-    norm2 = v64.pow(2).sum(1)
-    rel = mapped_relevance(v64, None if q is None else q.to(v64.device), aggregation, mapping, floor, norm2.sqrt())
+    norms = torch.linalg.vector_norm(v64, dim=1)
+    norm2 = norms.pow(2)
+    rel = mapped_relevance(v64, None if q is None else q.to(v64.device), aggregation, mapping, floor, norms)
     if rel is None and alpha != 0:
         notes.append(NO_QUERY)
     weight = None if (rel is None or alpha == 0) else rel.double().pow(alpha)
@@ -114,7 +115,7 @@ def _plan(tokens, keep, query, alpha, aggregation, mapping, floor, seed, seed_pr
     elif seed == "prior" or (seed == "auto" and seed_prior is not None):
         seed_rule, first = "prior", int(torch.argmax(seed_prior))
     else:
-        seed_rule, first = "max_norm", int(torch.argmax(norm2))
+        seed_rule, first = "max_norm", int(torch.argmax(norms))
     chosen = auto_solver(n, k, v.shape[1]) if solver == "auto" else solver
     params = dict(alpha=alpha, aggregation=aggregation, mapping=mapping, floor=floor, seed=seed_rule, solver=chosen)
     return GreedyPlan(tokens, v64, k, weight, first, chosen, params, rel, tuple(notes), norm2)
