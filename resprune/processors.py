@@ -17,18 +17,24 @@ from transformers.models.llava_onevision.processing_llava_onevision import Llava
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
 
+def _special_tokens(processor: Any, tokenizer: Any, image_token: str, video_token: str) -> None:
+    """The image / video placeholder tokens and ids of an images-only processor: the tokenizer's own where it
+    declares them, else the family's defaults."""
+    processor.image_token = getattr(tokenizer, "image_token", None) or image_token
+    processor.video_token = getattr(tokenizer, "video_token", None) or video_token
+    processor.image_token_id = getattr(tokenizer, "image_token_id", None) or tokenizer.convert_tokens_to_ids(
+        processor.image_token
+    )
+    processor.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(
+        processor.video_token
+    )
+
+
 class QwenImageProcessor(Qwen2_5_VLProcessor):
     """``Qwen2_5_VLProcessor`` for images only (no video processor, so no torchvision needed)."""
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None) -> None:
-        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-        self.image_token_id = getattr(tokenizer, "image_token_id", None) or tokenizer.convert_tokens_to_ids(
-            self.image_token
-        )
-        self.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(
-            self.video_token
-        )
+        _special_tokens(self, tokenizer, "<|image_pad|>", "<|video_pad|>")
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
     @classmethod
@@ -61,14 +67,7 @@ class OnevisionImageProcessor(LlavaOnevisionProcessor):
         self.num_image_tokens = num_image_tokens
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.vision_aspect_ratio = vision_aspect_ratio
-        self.image_token = getattr(tokenizer, "image_token", None) or image_token
-        self.video_token = getattr(tokenizer, "video_token", None) or video_token
-        self.image_token_id = getattr(tokenizer, "image_token_id", None) or tokenizer.convert_tokens_to_ids(
-            self.image_token
-        )
-        self.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(
-            self.video_token
-        )
+        _special_tokens(self, tokenizer, image_token, video_token)
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
     @classmethod
