@@ -113,3 +113,20 @@ class Adapter:
         for i, kp in enumerate(keeps):
             pos[i, lmax - kp.numel() :] = kp - kp[0]
         return pos
+
+
+def anyres_canvas(h: int, w: int, pinpoints: Any) -> tuple[int, int, int, int, int, int]:
+    """LLaVA-NeXT / OneVision any-resolution canvas of an ``h x w`` image: the best pinpoint ``(bh, bw)``, the
+    fitted image size ``(new_h, new_w)`` and the padding ``(px, py)`` left and on top (``get_patch_output_size``:
+    scale to fit, then centre-pad), as transformers' processors do."""
+    import math
+
+    from transformers.image_processing_utils import select_best_resolution
+
+    bh, bw = select_best_resolution((h, w), pinpoints)
+    sw, sh = bw / w, bh / h
+    if sw < sh:
+        new_w, new_h = bw, min(math.ceil(h * sw), bh)
+    else:
+        new_h, new_w = bh, min(math.ceil(w * sh), bw)
+    return bh, bw, new_h, new_w, (bw - new_w) // 2, (bh - new_h) // 2

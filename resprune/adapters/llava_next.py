@@ -11,14 +11,13 @@ up with the features token by token whatever the image size and pinpoints. Relie
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from ..types import VIEW_BASE, VIEW_HIRES, VIEW_NEWLINE, TokenGeometry
 from ._clip import CLIP_INTERNALS, clip_internals, projector
-from .base import Adapter, ImageTokens, layer_index
+from .base import Adapter, ImageTokens, anyres_canvas, layer_index
 
 
 class LlavaNextAdapter(Adapter):
@@ -65,7 +64,6 @@ class LlavaNextAdapter(Adapter):
     def images(
         self, model: Any, processor: Any, inputs: Any, image_sizes: list | None, want: frozenset[str] = frozenset()
     ) -> list[ImageTokens]:
-        from transformers.image_processing_utils import select_best_resolution
 
         cfg = model.config
         feats, hs = self.features(model, inputs, hidden_states=bool(want))
@@ -87,14 +85,8 @@ class LlavaNextAdapter(Adapter):
             crop, r, c = p[:, 0].long(), p[:, 1].long(), p[:, 2].long()
             view = torch.where(crop == 0, VIEW_BASE, VIEW_HIRES)
             view[crop < 0] = VIEW_NEWLINE
-            bh, bw = select_best_resolution((h, w), cfg.image_grid_pinpoints)
+            bh, bw, new_h, new_w, px, py = anyres_canvas(h, w, cfg.image_grid_pinpoints)
             npw = bw // crop_px
-            sw, sh = bw / w, bh / h  # get_patch_output_size: fit inside the canvas, then centre-pad
-            if sw < sh:
-                new_w, new_h = bw, min(math.ceil(h * sw), bh)
-            else:
-                new_h, new_w = bh, min(math.ceil(w * sh), bw)
-            px, py = (bw - new_w) // 2, (bh - new_h) // 2
             s = crop_px / g  # canvas pixels per token
             hi = view == VIEW_HIRES
             cy = (crop[hi] - 1) // npw * g + r[hi]  # row / column in the padded canvas grid

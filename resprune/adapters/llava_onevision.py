@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..types import VIEW_BASE, VIEW_HIRES, VIEW_NEWLINE, TokenGeometry
-from .base import Adapter, ImageTokens
+from .base import Adapter, ImageTokens, anyres_canvas
 
 
 def anyres_grid(cur_h: int, cur_w: int, g: int, aspect: str) -> tuple[int, int]:
@@ -100,7 +100,6 @@ class LlavaOnevisionAdapter(Adapter):
     def images(
         self, model: Any, processor: Any, inputs: Any, image_sizes: list | None, want: frozenset[str] = frozenset()
     ) -> list[ImageTokens]:
-        from transformers.image_processing_utils import select_best_resolution
 
         cfg = model.config
         feats, _ = self.features(model, inputs)
@@ -136,13 +135,7 @@ class LlavaOnevisionAdapter(Adapter):
             ).float()
             grids = {VIEW_BASE: (g, g)}
             if hp:
-                bh, bw = select_best_resolution((h, w), cfg.image_grid_pinpoints)
-                sw, sh = bw / w, bh / h  # get_patch_output_size: fit inside the canvas, then centre-pad
-                if sw < sh:
-                    new_w, new_h = bw, min(math.ceil(h * sw), bh)
-                else:
-                    new_h, new_w = bh, min(math.ceil(w * sh), bw)
-                px, py = (bw - new_w) // 2, (bh - new_h) // 2
+                bh, bw, new_h, new_w, px, py = anyres_canvas(h, w, cfg.image_grid_pinpoints)
                 s = crop_px / g  # canvas pixels per canvas token
                 hi = view == VIEW_HIRES
                 y0 = (top + row[hi] * cur_h / hp) * s - py  # the canvas rows this downsampled token covers
