@@ -272,14 +272,24 @@ def _select_batch(
         if cand.numel() != n or forced.numel() or (opts["budget"] == "per-crop" and "crops" in im.internals):
             return None
         items.append(im.tokens.detach().float())
-        extra = {name: im.internals[name] for name in info.requires}
-        extra.update(
-            {n_: im.internals[i] for n_, i in info.optional.items() if n_ not in hparams and i in im.internals}
-        )
-        extras.append(extra)
+        extras.append(_declared(info, im.internals, hparams))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # prune already warned about keep >= N
         return fn(items, keep, [query if info.text_aware else None] * len(items), extras, **hparams)
+
+
+def _declared(
+    info: MethodInfo, internals: dict[str, Any], hparams: dict[str, Any], narrow: Any = None
+) -> dict[str, Any]:
+    """The keyword arguments a method receives from the model: every required internal, and each optional one the
+    model offers unless the caller passed that keyword (``narrow(internal, value)`` restricts per-token values to
+    a subset of the tokens)."""
+    narrow = narrow or (lambda _name, value: value)
+    kw = {name: narrow(name, internals[name]) for name in info.requires}
+    for name, internal in info.optional.items():
+        if name not in hparams and internal in internals:
+            kw[name] = narrow(internal, internals[internal])
+    return kw
 
 
 def _select_image(
@@ -338,12 +348,7 @@ def _run(
     def narrow(name: str, value: Any) -> Any:
         return value if whole or name not in PER_TOKEN_INTERNALS else value[idx]
 
-    kw = dict(hparams)
-    for name in info.requires:
-        kw[name] = narrow(name, internals[name])
-    for name, internal in info.optional.items():
-        if name not in hparams and internal in internals:
-            kw[name] = narrow(internal, internals[internal])
+    kw = dict(hparams, **_declared(info, internals, hparams, narrow))
     with warnings.catch_warnings():
         if not whole:  # "all the tokens of this part" is the policy here, not a budget mistake
             warnings.simplefilter("ignore")
