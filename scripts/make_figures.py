@@ -113,7 +113,10 @@ def screenshot(out: Path = OUT) -> None:
                 if name == "app-phone.png":  # a visitor's first tap: Run, and the page shows the answers
                     page.get_by_role("button", name="Run", exact=True).click()
                     page.wait_for_selector(".eta-bar", state="attached")  # the run started ...
-                    page.wait_for_selector(".eta-bar", state="detached")  # ... and finished
+                    for _ in range(3):  # ... and finished: no progress bar left, also a moment later (between stages
+                        page.wait_for_selector(".eta-bar", state="detached")  # of one run the bars come and go)
+                        page.wait_for_timeout(1500)
+                    page.wait_for_function("() => !document.querySelector('.eta-bar')")
                     page.wait_for_function(answered)
                 page.wait_for_selector("#overlay img[src]", state="attached")
                 page.wait_for_timeout(1500)
