@@ -183,7 +183,7 @@ def check_available(name: str) -> None:
     behind a spinner, no queue held for the other visitors)."""
     from resprune.loading import PRESETS, preset_status
 
-    if name in PRESETS and name not in _LOADED:  # a model this process has loaded needs no check per request
+    if name in PRESETS:
         status = preset_status(name, timeout=PROBE_SECONDS)
         if not status.available:
             raise gr.Error(f"{status.reason}", title=f"Model {name} not available")
