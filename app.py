@@ -12,10 +12,11 @@ anything else a generic message and a server log line); per-run files live in gr
 and removed by ``delete_cache``.
 
 Teaching rules (issue 18): the page opens with the first example of ``assets/examples`` already run
-(``on_first_screen``, computed once per process); a new image clears every old output (``cleared_outputs``); for
-the offline model, an input outside its scene world is said to be so where the answers are (``world_notes``), and
-the verdict then draws no conclusion; the settings shown are those the chosen method takes (``method_settings``,
-from the registry); only plain data crosses the ``spaces.GPU`` boundary (``_answer``).
+(``on_first_screen``, computed once per process, before the server starts: ``warm_first_screen``); a new image
+clears every old output (``cleared_outputs``); for the offline model, an input outside its scene world is said to be
+so where the answers are (``world_notes``), and the verdict then draws no conclusion; the settings shown are those
+the chosen method takes (``method_settings``, from the registry); only plain data crosses the ``spaces.GPU``
+boundary (``_answer``).
 """
 
 from __future__ import annotations
@@ -1161,6 +1162,12 @@ def on_first_screen(
     return cached
 
 
+def warm_first_screen(model_name: str = DEFAULT_MODEL) -> None:
+    """Compute the first screen before the server takes requests, so the page's load event answers at once: a slow
+    load event would land after a visitor's own upload and put the first example back over it."""
+    on_first_screen(model_name, progress=lambda *a, **k: None)
+
+
 @guarded
 def api_answer(
     image: Any,  # noqa: ANN401
@@ -1580,7 +1587,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    build_demo(delete_cache=tuple(a.delete_cache)).launch(server_name=a.host, server_port=a.port)
+    demo = build_demo(delete_cache=tuple(a.delete_cache))
+    warm_first_screen()
+    demo.launch(server_name=a.host, server_port=a.port)
 
 
 demo = None

@@ -96,6 +96,7 @@ def screenshot(out: Path = OUT) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = app.build_demo()
+    app.warm_first_screen()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     answered = "() => document.querySelector('#pruned-answer textarea')?.value.length > 0"
     try:

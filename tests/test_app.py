@@ -269,6 +269,8 @@ def test_first_screen_shows_the_first_example_already_run():
     assert pruned and unpruned and overlay.size[0] > 200
     assert f"Expected answer **{first['answer']}**" in verdict
     assert app.on_first_screen(progress=_noop) is out  # computed once, then reused
+    app.warm_first_screen()  # what ``main`` runs before the server starts: the same cached screen
+    assert app.on_first_screen(progress=_noop) is out
 
 
 def test_a_photo_on_the_offline_model_is_not_presented_as_a_finding():

@@ -28,6 +28,7 @@ def server(tmp_path_factory):
     from resprune import scenes
 
     demo = app.build_demo()
+    app.warm_first_screen()  # as ``main`` does: the page's load event then answers at once
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     scene = scenes.sample(20_000_020)
@@ -102,13 +103,15 @@ def test_browser_upload_run_and_see_answers(server, tmp_path):
             ],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(120_000)
         page.goto(url, timeout=60_000)
+        _wait_answer(page)  # the first screen (the first example, already run)
         page.locator("input[type=file]").first.set_input_files(str(img))
+        _wait_cleared(page)  # the upload took the first example's answers away
+        assert page.locator("#verdict").inner_text().strip() == ""
         page.get_by_role("button", name="Run", exact=True).click()
         pruned = page.locator("#pruned-answer textarea")
-        page.wait_for_function(
-            "() => document.querySelector('#pruned-answer textarea')?.value.length > 0", timeout=120_000
-        )
+        _wait_answer(page)
         assert pruned.input_value()
         assert page.locator("#unpruned-answer textarea").input_value()
         page.wait_for_selector("#overlay img", timeout=60_000)
