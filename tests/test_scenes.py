@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -144,7 +146,55 @@ def test_token_positions_are_raster_order():
     assert pos[GRID].tolist() == [-1.0, pos[GRID, 1].item()] and -1 < pos[GRID, 1] < 0
 
 
+def test_no_count_question_has_no_number_word():
+    """World 2 may hold six objects of one shape: no count question is asked then (the answers are zero-five)."""
+    from resprune.scenes.world import SceneObject, questions
+
+    six = tuple(
+        SceneObject("circle", "red", "small", 20.0 + 25 * i, 40.0, 9.0, np.zeros((2, 2), bool)) for i in range(6)
+    )
+    counts = [q for k in range(30) for q in questions(six, random.Random(k)) if q.type == "count"]
+    assert counts and all(q.answer == "zero" and "circles" not in q.text for q in counts)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_training_data_of_a_world_is_its_scenes(world):
+    """The first question set of every training scene is exactly ``sample(seed, world)``'s; images are its image."""
+    from resprune.scenes.train import make_dataset
+
+    imgs, _, objs, qsets = make_dataset("train", 6, workers=1, n_sets=2, world=world)
+    for i, seed in enumerate(scenes.split_seeds("train", 6)):
+        s = scenes.sample(seed, world=world)
+        assert np.array_equal(imgs[i], np.asarray(s.image))
+        assert [(q[0], q[1], q[2]) for q in qsets[i][0]] == [(q.text, q.answer, q.type) for q in s.questions]
+        assert objs[i][: len(s.objects)].any(1).all() and not objs[i][len(s.objects) :].any()
+    assert any(qsets[i][1] != qsets[i][0] for i in range(6))  # the second set re-draws the choices
+
+
 TINY_MODEL = ["--vision-width", "64", "--vision-layers", "1", "--text-width", "64", "--text-layers", "2"]
+
+
+@pytest.mark.slow
+def test_training_on_world_2_records_it_and_evaluate_uses_it(tmp_path, monkeypatch):
+    """``--world 2`` trains on world-2 scenes, records the world in training.json, and ``evaluate`` then scores the
+    checkpoint on world 2 unless told otherwise."""
+    import json
+
+    from resprune.scenes import evaluate as ev
+    from resprune.scenes.model import trained_world
+    from resprune.scenes.train import main
+
+    small = ["--scenes", "8", "--val-scenes", "4", "--batch", "4", "--workers", "1", "--eval-every", "2", *TINY_MODEL]
+    assert main(["--steps", "2", "--world", "2", "--out", str(tmp_path / "m"), *small]) == 0
+    assert json.loads((tmp_path / "m" / "training.json").read_text())["world"] == 2
+    assert trained_world(tmp_path / "m") == 2 and trained_world(tmp_path) == 1  # no training.json: world 1
+    seen = []
+    real = ev.test_scenes
+    monkeypatch.setattr(ev, "test_scenes", lambda n, world: seen.append(world) or real(n, world))
+    res = ev.evaluate(2, path=str(tmp_path / "m"))
+    assert seen == [2] and res["all"][1] == sum(len(s.questions) for s in real(2, 2))
+    ev.evaluate(2, path=str(tmp_path / "m"), world=1)
+    assert seen == [2, 1]
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 from . import test_scenes
-from .world import QUESTION_TYPES
+from .world import QUESTION_TYPES, WORLDS
 
 
 def accuracy(model: Any, proc: Any, items: list, batch: int = 64) -> dict[str, tuple[int, int]]:
@@ -41,20 +41,27 @@ def accuracy(model: Any, proc: Any, items: list, batch: int = 64) -> dict[str, t
     return res
 
 
-def evaluate(n_scenes: int = 1000, batch: int = 64, path: str | None = None) -> dict[str, tuple[int, int]]:
-    """Accuracy per question type over the first ``n_scenes`` test scenes."""
-    from .model import DEFAULT_DIR, load_scenes_model
+def evaluate(
+    n_scenes: int = 1000, batch: int = 64, path: str | None = None, world: int | None = None
+) -> dict[str, tuple[int, int]]:
+    """Accuracy per question type over the first ``n_scenes`` test scenes of ``world`` (default: the world the
+    checkpoint was trained on, from its ``training.json``)."""
+    from .model import DEFAULT_DIR, load_scenes_model, trained_world
 
-    model, proc = load_scenes_model(path or DEFAULT_DIR)
-    return accuracy(model, proc, [(s.image, q) for s in test_scenes(n_scenes) for q in s.questions], batch)
+    path = path or DEFAULT_DIR
+    world = trained_world(path) if world is None else world
+    model, proc = load_scenes_model(path)
+    items = [(s.image, q) for s in test_scenes(n_scenes, world) for q in s.questions]
+    return accuracy(model, proc, items, batch)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m resprune.scenes.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--scenes", type=int, default=1000)
     p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--world", type=int, default=None, choices=WORLDS, help="default: the checkpoint's own world")
     a = p.parse_args(argv)
-    res = evaluate(a.scenes, path=a.model)
+    res = evaluate(a.scenes, path=a.model, world=a.world)
     print("| question type | accuracy | questions |\n|---|---:|---:|")
     for t, (c, n) in res.items():
         print(f"| {t} | {100 * c / max(n, 1):.1f} % | {n} |")

@@ -156,6 +156,14 @@ def _check_files(path: Path) -> None:
         raise ScenesModelCorrupt(f"offline model file 'model.safetensors' in {str(path)!r} is not a safetensors file")
 
 
+def trained_world(path: str | Path = DEFAULT_DIR) -> int:
+    """The scene world the checkpoint in ``path`` was trained on (its ``training.json``; 1 when it says none)."""
+    meta = Path(path) / "training.json"
+    if not meta.is_file():
+        return 1
+    return int(json.loads(meta.read_text()).get("world", 1))
+
+
 def load_scenes_model(path: str | Path = DEFAULT_DIR):  # noqa: ANN201
     """Load the shipped offline model and its processor (no network), float32, in eval mode.
 

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .world import COLOURS, IMAGE_SIZE, QUESTION_TYPES, SHAPES, questions, render, split_seeds
+from .world import COLOURS, IMAGE_SIZE, QUESTION_TYPES, SHAPES, WORLDS, question_seed, questions, render, split_seeds
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)  # CLIP normalisation
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -59,7 +59,7 @@ GRID = IMAGE_SIZE // PATCH  # 12
 MIN_COVER = 40  # pixels of a 16 x 16 patch an object must cover for the patch to be labelled with it
 N_AUX = (1 + len(COLOURS), 1 + len(SHAPES), 1 + len(SHAPES))  # colour, shape, centre-shape (0: none)
 N_POS = 2  # the visual token's own column and row, regressed in [-1, 1]
-MAX_OBJECTS = 5
+MAX_OBJECTS = 7  # world 2 has 2 to 7 objects (world 1: 2 to 5)
 ATTN_COVER = 24  # pixels of a patch an object must cover to count as "the object" for attention supervision
 ATTN_LAYER, ATTN_HEADS = 1, (0, 1)  # the language-model layer and heads whose attention is supervised
 
@@ -106,23 +106,24 @@ def _attention_targets(q: Any, objects: tuple) -> tuple[tuple[int, ...], tuple[i
     return idx, idx
 
 
-def _scene_batch(args: tuple[list[int], int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, list]]:
-    seeds, n_sets = args
+def _scene_batch(args: tuple[list[int], int, int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, list]]:
+    seeds, n_sets, world = args
     out = []
     for s in seeds:
-        image, objects = render(s)
-        # set 0 is the scene's own (what ``sample(seed)`` returns); the others re-draw the templates' choices
-        sets = [questions(objects, random.Random(s * 7919 + 17 + 1_000_003 * k)) for k in range(n_sets)]
+        image, objects = render(s, world)
+        # set 0 is the scene's own (what ``sample(seed, world)`` returns); the others re-draw the templates' choices
+        sets = [questions(objects, random.Random(question_seed(s, world, k))) for k in range(n_sets)]
         qsets = [[(q.text, q.answer, q.type, *_attention_targets(q, objects)) for q in qs] for qs in sets]
         out.append((np.asarray(image, dtype=np.uint8), patch_targets(objects), object_patches(objects), qsets))
     return out
 
 
-def make_dataset(split: str, n_scenes: int, workers: int, n_sets: int = 1) -> tuple[Any, ...]:
+def make_dataset(split: str, n_scenes: int, workers: int, n_sets: int = 1, world: int = 1) -> tuple[Any, ...]:
     """Images `(S, H, W, 3)` uint8, patch targets `(S, 3, 144)` uint8, object patches `(S, MAX_OBJECTS, 144)`
-    bool, and per scene ``n_sets`` question sets of (text, answer, type, head-0 objects, head-1 objects)."""
+    bool, and per scene ``n_sets`` question sets of (text, answer, type, head-0 objects, head-1 objects), from the
+    scenes of world ``world``."""
     seeds = list(split_seeds(split, n_scenes))
-    chunks = [(seeds[i : i + 250], n_sets) for i in range(0, len(seeds), 250)]
+    chunks = [(seeds[i : i + 250], n_sets, world) for i in range(0, len(seeds), 250)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
             parts = list(ex.map(_scene_batch, chunks))
@@ -368,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="share of the schedule after which --pos-weight and --where-weight switch on (0: from the start)",
     )
+    p.add_argument("--world", type=int, default=1, choices=WORLDS, help="the scene world to train on")
     p.add_argument("--val-scenes", type=int, default=150)
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--seed", type=int, default=1234)
@@ -415,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     processor = build_processor()
     enc = Encoder(processor)
     pad_id = processor.tokenizer.pad_token_id
-    train_imgs, train_tgt, train_obj, train_q = make_dataset("train", a.scenes, a.workers, a.question_sets)
-    val_imgs, _, _, val_q = make_dataset("val", a.val_scenes, a.workers, 1)
+    train_imgs, train_tgt, train_obj, train_q = make_dataset("train", a.scenes, a.workers, a.question_sets, a.world)
+    val_imgs, _, _, val_q = make_dataset("val", a.val_scenes, a.workers, 1, a.world)
     n_q = sum(len(s) for sets in train_q for s in sets)
     print(f"data: {len(train_imgs)} train scenes ({n_q} questions), {len(val_imgs)} val; {time.time() - t0:.0f} s")
 
@@ -575,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": a.batch,
         "lr": a.lr,
         "seed": a.seed,
+        "world": a.world,
         "train_scenes": a.scenes,
         "question_sets": a.question_sets,
         "train_questions": n_q,
