@@ -55,6 +55,20 @@ def test_scenes_bench_small(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_scenes_bench_takes_a_checkpoint_and_a_world(monkeypatch):
+    """``--model DIR`` answers with that scenes checkpoint, ``--world`` picks the scenes (default: the model's)."""
+    from resprune import scenes
+    from resprune.scenes.model import DEFAULT_DIR
+
+    worlds = []
+    real = scenes.test_scenes
+    monkeypatch.setattr(scenes, "test_scenes", lambda n=None, world=1: worlds.append(world) or real(n, world))
+    summary = bench_scenes.run(n_questions=2, methods=["random"], fractions=(0.25,), model_path=str(DEFAULT_DIR))
+    assert summary["world"] == 1 and summary["model_path"] == str(DEFAULT_DIR)
+    two = bench_scenes.run(n_questions=2, methods=["random"], fractions=(0.25,), world=2)
+    assert two["world"] == 2 and two["model_path"] is None and worlds == [1, 2]
+
+
 def test_confidence_intervals():
     p, lo, hi = bench_scenes.wilson(0, 10)
     assert p == 0 and lo == 0 and 0 < hi < 0.35

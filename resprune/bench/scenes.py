@@ -61,19 +61,31 @@ def normalise(answer: str) -> str:
 
 
 def run(
-    n_questions: int = 1000, methods: list[str] | None = None, fractions: tuple[float, ...] = FRACTIONS, log: Any = None
+    n_questions: int = 1000,
+    methods: list[str] | None = None,
+    fractions: tuple[float, ...] = FRACTIONS,
+    log: Any = None,
+    model_path: str | None = None,
+    world: int | None = None,
 ) -> dict:
+    """Every method at every budget on the first ``n_questions`` test questions of ``world`` (default: the world
+    the model was trained on), answered by the scenes checkpoint in ``model_path`` (default: the shipped one)."""
     import torch
 
     import resprune
     from resprune import scenes
     from resprune.recall import relevant_tokens, token_recall
+    from resprune.scenes.model import DEFAULT_DIR, load_scenes_model, trained_world
 
-    model, processor = resprune.load_model("scenes")
+    if model_path is None:
+        model, processor = resprune.load_model("scenes")
+    else:
+        model, processor = load_scenes_model(model_path)
+    world = trained_world(model_path or DEFAULT_DIR) if world is None else world
     methods = methods or resprune.list_methods()
     items = []  # (image, question, relevant mask)
     seed = 0
-    for scene in scenes.test_scenes():
+    for scene in scenes.test_scenes(world=world):
         for q in scene.questions:
             mask = np.zeros(scene.image.size[::-1], dtype=bool)
             for o in q.objects:
@@ -122,7 +134,7 @@ def run(
                         records += [dict(rec, method=other) for other in methods[1:]]
             if log and (i + 1) % 25 == 0:
                 log(f"{i + 1}/{len(items)} questions, {time.perf_counter() - t_start:.0f} s")
-    return summarise(records, methods, fractions)
+    return {**summarise(records, methods, fractions), "world": world, "model_path": model_path}
 
 
 _KEEP_CACHE: dict = {}
@@ -307,8 +319,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", default=None, help="write every number as JSON here")
     p.add_argument("--md", default=None, help="write the markdown table here")
     p.add_argument("--plot", default=None, help="write the accuracy/recall plot (PNG) here")
+    p.add_argument("--model", default=None, help="a scenes checkpoint folder (default: the shipped offline model)")
+    p.add_argument("--world", type=int, default=None, choices=(1, 2), help="default: the model's own world")
     a = p.parse_args(argv)
-    summary = run(a.n, a.methods, log=lambda s: print(s, file=sys.stderr, flush=True))
+    summary = run(
+        a.n, a.methods, log=lambda s: print(s, file=sys.stderr, flush=True), model_path=a.model, world=a.world
+    )
     table = format_table(summary)
     print(table)
     if a.md:

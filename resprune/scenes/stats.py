@@ -4,7 +4,8 @@ For ``--n`` test scenes of ``--world`` (1 or 2), two token sets per image:
 
 - ``pixels``: the raw 16 x 16 RGB patches (768 values each, mean-free per image): the world's own redundancy,
   whatever model looks at it;
-- ``model``: the offline model's projected visual tokens (its LLM input embeddings; 144 tokens, D = 128 for v1).
+- ``model``: the offline model's projected visual tokens (its LLM input embeddings; 144 tokens, D = 128 for v1);
+  ``--model DIR`` takes another scenes checkpoint (e.g. one trained on world 2).
 
 Reported as medians over images: the effective rank (``exp`` of the entropy of the normalised squared singular
 values), the residual energy of all tokens left after greedy residual selection (``residual``, the exact core) has
@@ -78,13 +79,16 @@ def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
 
 
-def run(n: int = 1000, world: int = 1, with_model: bool = True) -> dict:
+def run(n: int = 1000, world: int = 1, with_model: bool = True, model_path: str | None = None) -> dict:
+    """The medians over ``n`` test scenes of ``world``; the model tokens are those of the checkpoint in
+    ``model_path`` (default: the shipped offline model)."""
     from .. import load_model, prune
     from ..recall import relevant_tokens
+    from .model import load_scenes_model
 
     model = processor = None
     if with_model:
-        model, processor = load_model("scenes")
+        model, processor = load_model("scenes") if model_path is None else load_scenes_model(model_path)
     rows: dict[str, list[dict]] = {"pixels": [], "model": []}
     aucs: list[float] = []
     lo = SPLITS["test"][0]
@@ -108,7 +112,7 @@ def run(n: int = 1000, world: int = 1, with_model: bool = True) -> dict:
                 for o in question.objects:
                     mask |= o.mask
                 aucs.append(auc(rel.cpu(), relevant_tokens(res.geometry[0], mask)))
-    summary = {"world": world, "n": n}
+    summary = {"world": world, "n": n, "model_path": model_path}
     for kind, rs in rows.items():
         if rs:
             summary[kind] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
@@ -148,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=1000, help="test scenes per world")
     p.add_argument("--world", type=int, nargs="+", default=[1, 2], choices=(1, 2))
     p.add_argument("--no-model", action="store_true", help="only the raw-patch tokens")
+    p.add_argument("--model", default=None, help="a scenes checkpoint folder (default: the shipped offline model)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.n < 1:
         p.error("--n must be >= 1")
-    summaries = [run(a.n, w, not a.no_model) for w in a.world]
+    summaries = [run(a.n, w, not a.no_model, a.model) for w in a.world]
     print(format_table(summaries))
     if a.json:
         with open(a.json, "w") as f:
