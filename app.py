@@ -169,7 +169,8 @@ def model_choices() -> list[tuple[str, str]]:
     statuses = preset_statuses(timeout=PROBE_SECONDS)
     choices = [("scenes: offline default (small LLaVA trained on the scene world, CPU)", DEFAULT_MODEL)]
     for name, preset in PRESETS.items():
-        if name == DEFAULT_MODEL:
+        # the other bundled scenes models (world 2) wait for the app's world-2 examples, scenes and world notes
+        if name == DEFAULT_MODEL or getattr(preset, "bundled", False):
             continue
         note = getattr(preset, "note", None) or (preset.get("note") if isinstance(preset, dict) else "")
         label = f"{name}: {note}" if note else name
@@ -179,15 +180,37 @@ def model_choices() -> list[tuple[str, str]]:
     return choices
 
 
-def check_available(name: str) -> None:
+def check_available(name: str) -> Any:  # noqa: ANN401
     """A preset that cannot load here fails at once with the reason, written for a web visitor (no 25 s wait
-    behind a spinner, no queue held for the other visitors)."""
+    behind a spinner, no queue held for the other visitors); returns its ``PresetStatus`` (None for other names)."""
     from resprune.loading import PRESETS, preset_status
 
-    if name in PRESETS:
-        status = preset_status(name, timeout=PROBE_SECONDS)
-        if not status.available:
-            raise gr.Error(f"{status.reason}", title=f"Model {name} not available")
+    if name not in PRESETS:
+        return None
+    status = preset_status(name, timeout=PROBE_SECONDS)
+    if not status.available:
+        raise gr.Error(f"{status.reason}", title=f"Model {name} not available")
+    return status
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for a visitor: ``"1.23 GB"`` from a gigabyte on, else ``"12.3 MB"``."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _download(name: str, progress: Any) -> None:  # noqa: ANN401
+    """A preset that must come from the hub: its files first, the bytes on the progress bar (a 7B checkpoint is
+    about 14 GB: minutes, which a visitor sees pass instead of a frozen spinner)."""
+    from resprune.loading import download_preset
+
+    def on_bytes(done: int, total: int) -> None:
+        progress(0.05 + 0.85 * done / max(total, 1), desc=f"Downloading {name}: {_size(done)} of {_size(total)}")
+
+    progress(0.05, desc=f"Downloading {name} from the Hugging Face Hub (first run only)…")
+    try:
+        download_preset(name, on_bytes)
+    except Exception as e:  # noqa: BLE001 - the message names the preset; no paths reach the page
+        raise gr.Error(f"Could not download model {name!r}: {_scrub(str(e))}", title="Model not available") from None
 
 
 def method_choices() -> list[tuple[str, str]]:
@@ -210,12 +233,17 @@ def get_model(name: str) -> tuple[Any, Any]:
 
 
 def _load(name: str, progress: Any = None) -> tuple[Any, Any]:  # noqa: ANN401
-    check_available(name)  # before the lock: an unavailable preset never makes other visitors wait
+    status = check_available(name)  # before the lock: an unavailable preset never makes other visitors wait
     with _IMPORT_LOCK:  # the model classes are imported once, by one thread
         import transformers  # noqa: F401
     with model_lock(name):  # concurrent first requests of one model load it once; other models do not wait
         if progress is not None and name not in _LOADED:
-            progress(0.05, desc=f"Loading model {name!r} (first run only)…")
+            if status is not None and status.where == "hub":
+                _download(name, progress)
+            progress(
+                0.9 if status is not None and status.where == "hub" else 0.05,
+                desc=f"Loading model {name!r} (first run only)…",
+            )
         try:
             loaded = get_model(name)
             _LOADED.add(name)

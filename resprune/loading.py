@@ -1,6 +1,7 @@
 """One call to load any supported model: ``model, processor = resprune.load_model(name_or_id)``.
 
-``"scenes"`` is the offline default shipped under ``assets/scenes-model``; the presets name real hub checkpoints
+``"scenes"`` is the offline default shipped under ``assets/scenes-model`` (trained on scene world 1); the other presets
+name real hub checkpoints
 (downloaded by transformers on first use, where a network is available); a local folder saved with
 ``save_pretrained`` works too. ``trust_remote_code`` is never enabled. Processors use the PIL image backends
 (there is no CPU torchvision wheel).
@@ -22,10 +23,16 @@ class Preset:
     note: str
     family: str = "llava"  # the adapter family (``resprune.adapters.FAMILY_ADAPTERS``)
     tower: str = "clip"  # "clip" (a [CLS] token), "siglip" or "qwen-vit" (none)
+    world: int | None = None  # a model of this repository trained on that scene world (``hub_id`` is its folder)
+
+    @property
+    def bundled(self) -> bool:
+        """Shipped in this repository (an offline scenes model), not a hub checkpoint."""
+        return self.world is not None
 
 
 PRESETS: dict[str, Preset] = {
-    "scenes": Preset("assets/scenes-model", "offline default, 7.4 MB, CPU"),
+    "scenes": Preset("assets/scenes-model", "offline default, 7.4 MB, CPU", world=1),
     "llava-1.5-7b": Preset("llava-hf/llava-1.5-7b-hf", "LLaVA-1.5-7B, ~14 GB download, GPU recommended"),
     "llava-interleave-0.5b": Preset(
         "llava-hf/llava-interleave-qwen-0.5b-hf",
@@ -134,10 +141,10 @@ def load_model(name_or_id: str, *, dtype: Any = None, device: Any = "auto", devi
     dev = resolve_device(device)
     if dtype is None:
         dtype = default_dtype(dev)
-    if name_or_id == "scenes":
+    if name_or_id in PRESETS and PRESETS[name_or_id].bundled:
         from .scenes.model import load_scenes_model
 
-        model, processor = load_scenes_model()
+        model, processor = load_scenes_model(preset_path(name_or_id))
         return model.to(device=dev, dtype=dtype).eval(), processor
     target = PRESETS[name_or_id].hub_id if name_or_id in PRESETS else name_or_id
     try:
@@ -168,7 +175,7 @@ def load_model(name_or_id: str, *, dtype: Any = None, device: Any = "auto", devi
 
 
 def preset_path(name: str) -> Path:
-    """Folder of a preset that lives in this repository (the offline default)."""
+    """Folder of a preset that lives in this repository (the offline scenes models)."""
     return Path(__file__).resolve().parent.parent / PRESETS[name].hub_id
 
 
@@ -196,6 +203,61 @@ def _hub_cache() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface"
     )
     return Path(home).expanduser() / "hub"
+
+
+DOWNLOAD_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken")
+"""The files ``download_preset`` fetches: configs, safetensors weights, tokenizers and chat templates (no ``.bin``,
+ONNX or GGUF copies of the weights)."""
+
+
+def download_preset(name: str, on_bytes: Any = None) -> Path:  # noqa: ANN401
+    """Fetch hub preset ``name`` into the local hub cache (``DOWNLOAD_PATTERNS``) and return its snapshot folder;
+    ``on_bytes(done, total)`` is called as the bytes arrive (``total`` grows while the files start). Files already
+    in the cache are not fetched again.
+
+    Raises:
+        ValueError: ``name`` is not a hub preset.
+        ModelLoadError: the hub could not be reached or refused; the message names the preset.
+    """
+    if name not in PRESETS or PRESETS[name].bundled:
+        hub = ", ".join(n for n, p in PRESETS.items() if not p.bundled)
+        raise ValueError(f"name must be a hub preset ({hub}), got {name!r}")
+    from huggingface_hub import snapshot_download
+    from tqdm.std import tqdm
+
+    repo = PRESETS[name].hub_id
+    kw: dict[str, Any] = {"allow_patterns": list(DOWNLOAD_PATTERNS), "cache_dir": _hub_cache()}
+    bars: list[Any] = []
+    last = [-1]
+    lock = threading.Lock()
+
+    class _Bytes(tqdm):  # huggingface_hub's byte bars, reported instead of drawn
+        def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+            self._is_bytes, self._done = kwargs.get("unit") == "B", 0
+            super().__init__(*args, **{**kwargs, "disable": True})
+            bars.append(self)
+
+        def update(self, n: float | None = 1) -> None:
+            if self._is_bytes and n and on_bytes is not None:
+                with lock:  # files arrive in parallel; each byte bar counts every byte once: report the furthest
+                    self._done += n
+                    done = min(int(max(b._done for b in bars)), total)
+                    if done > last[0]:
+                        last[0] = done
+                        on_bytes(done, total)
+
+    try:
+        plan = snapshot_download(repo, dry_run=True, **kw)  # the file list and sizes first: a true total
+        total = sum(int(f.file_size or 0) for f in plan if f.will_download)
+        folder = snapshot_download(repo, tqdm_class=_Bytes, **kw)
+    except Exception as e:  # noqa: BLE001 - one clear message instead of a stack of network frames
+        raise ModelLoadError(
+            f"could not download preset {name!r} ({repo}): {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}"
+        ) from None
+    if on_bytes is not None and last[0] < total:  # everything was in the cache already, or the bars skipped the end
+        on_bytes(total, total)
+    return Path(folder)
 
 
 def _in_cache(repo_id: str) -> bool:
@@ -263,7 +325,7 @@ def preset_status(name: str, *, timeout: float = 2.0) -> PresetStatus:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 30:
         raise ValueError(f"timeout must be a number of seconds in (0, 30], got {timeout!r}")
     repo = PRESETS[name].hub_id
-    if name == "scenes":
+    if PRESETS[name].bundled:
         if (preset_path(name) / "config.json").is_file():
             return PresetStatus(True, "bundled", "Built into this app: loads in seconds and runs on the CPU.")
         return PresetStatus(False, None, "The built-in model's files are missing from this installation.")

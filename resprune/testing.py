@@ -400,7 +400,8 @@ def generate_checking_first_step(model: Any, result: Any, new_tokens: int) -> An
 # Architecture twins of the presets: the published configuration of each checkpoint (its config.json,
 # preprocessor_config.json / processor_config.json and chat template, written down here as facts from the hub's
 # files), with only depth and width shrunk; the token counts, token geometry and processor path are the real ones.
-# Values marked "unsure" are recalled, not checked against the hub file (no network here).
+# No hub file could be read here (no network): values marked "unsure" are recalled with the least confidence, and a
+# note says where a public copy of the file (in another repository) was found to agree.
 
 CLIP_L_336 = dict(  # openai/clip-vit-large-patch14-336, as in the LLaVA-1.5 / LLaVA-NeXT configs
     model_type="clip_vision_model",
@@ -496,7 +497,8 @@ SMOLVLM_VISION = dict(  # SmolVLM-256M / 500M: SigLIP base patch16 at 512 px (93
     image_size=512,
     patch_size=16,
 )
-SMOLVLM_IMAGES = dict(  # preprocessor_config.json (unsure: longest_edge 2048 = 4 x 512 is recalled for both sizes)
+SMOLVLM_IMAGES = dict(  # preprocessor_config.json (longest_edge 2048 = 4 x 512, max 512: as in public copies of the
+    # SmolVLM2-500M file; for SmolVLM-256M/-500M recalled, unsure)
     do_image_splitting=True,
     size={"longest_edge": 2048},
     max_image_size={"longest_edge": 512},
@@ -721,7 +723,7 @@ PRESET_FACTS: dict[str, dict[str, Any]] = {
                 vocab_size=49280,
             ),
             scale_factor=4,
-            image_token_id=49190,  # unsure: recalled
+            image_token_id=49190,  # as in public copies of SmolVLM configs and Idefics3 test fixtures
         ),
         processor=dict(
             cls="Idefics3Processor",
@@ -737,7 +739,7 @@ PRESET_FACTS: dict[str, dict[str, Any]] = {
             vision_config=SMOLVLM_VISION,
             text_config=dict(
                 model_type="llama",
-                hidden_size=960,  # unsure: the 500M LM's shape is recalled (SmolLM2-360M)
+                hidden_size=960,  # SmolLM2-360M's shape, as in public copies of the SmolVLM(2)-500M config
                 intermediate_size=2560,
                 num_hidden_layers=32,
                 num_attention_heads=15,
@@ -749,7 +751,7 @@ PRESET_FACTS: dict[str, dict[str, Any]] = {
                 vocab_size=49280,
             ),
             scale_factor=4,
-            image_token_id=49190,  # unsure: recalled
+            image_token_id=49190,  # as in public copies of SmolVLM configs and Idefics3 test fixtures
         ),
         processor=dict(
             cls="Idefics3Processor",
@@ -891,3 +893,117 @@ def build_twin(name: str, folder: Any, *, seed: int = 0) -> Any:
     model.save_pretrained(folder)
     twin_processor(name, tok).save_pretrained(folder)
     return folder
+
+
+class LoopbackHub:
+    """A Hugging Face Hub on 127.0.0.1 that serves local folders as model repositories, for tests of the download
+    path without a network: the routes ``huggingface_hub`` and ``transformers`` use (repository info, the file
+    tree, HEAD and GET of ``resolve`` with commit, ETag and length headers, ranges, ``EntryNotFound`` 404s).
+
+        with LoopbackHub({"org/model": folder}) as hub:   # hub.url -> HF_ENDPOINT
+            ...
+
+    ``hub.requests`` records ``(method, path)`` of every request."""
+
+    SHA = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, repos: dict[str, Any]) -> None:
+        from pathlib import Path
+
+        self.repos = {k: Path(v) for k, v in repos.items()}
+        self.requests: list[tuple[str, str]] = []
+        self.url = ""
+
+    def _files(self, repo: str) -> dict[str, Any]:
+        root = self.repos[repo]
+        return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+    def __enter__(self) -> LoopbackHub:
+        import hashlib
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import unquote, urlsplit
+
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # noqa: ANN401 - quiet
+                pass
+
+            def _send(self, code: int, body: bytes, headers: dict[str, str], head: bool) -> None:
+                self.send_response(code)
+                for k, v in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _missing(self, code: str, head: bool) -> None:
+                self._send(
+                    404, b'{"error": "not found"}', {"X-Error-Code": code, "Content-Type": "application/json"}, head
+                )
+
+            def _route(self, head: bool) -> None:
+                path = unquote(urlsplit(self.path).path)
+                hub.requests.append((self.command, path))
+                m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/[^/]+)?", path)
+                if m:
+                    if m[1] not in hub.repos:
+                        return self._missing("RepoNotFound", head)
+                    info = {"id": m[1], "sha": hub.SHA, "siblings": [{"rfilename": f} for f in hub._files(m[1])]}
+                    return self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, head)
+                m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/[^/]+(?:/(.+))?", path)
+                if m:
+                    if m[1] not in hub.repos:
+                        return self._missing("RepoNotFound", head)
+                    under = f"{m[2].strip('/')}/" if m[2] else ""
+                    tree = [
+                        {
+                            "type": "file",
+                            "path": f,
+                            "size": p.stat().st_size,
+                            "oid": hashlib.sha1(p.read_bytes()).hexdigest(),
+                        }
+                        for f, p in hub._files(m[1]).items()
+                        if f.startswith(under)
+                    ]
+                    if under and not tree:  # no such folder
+                        return self._missing("EntryNotFound", head)
+                    return self._send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, head)
+                m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/[^/]+/(.+)", path)
+                if not m or m[1] not in hub.repos:
+                    return self._missing("RepoNotFound", head)
+                f = hub._files(m[1]).get(m[2])
+                if f is None:
+                    return self._missing("EntryNotFound", head)
+                data = f.read_bytes()
+                headers = {
+                    "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                    "X-Repo-Commit": hub.SHA,
+                    "Content-Type": "application/octet-stream",
+                    "Accept-Ranges": "bytes",
+                }
+                rng = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if rng and not head:
+                    start = int(rng[1])
+                    end = int(rng[2]) + 1 if rng[2] else len(data)
+                    headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+                    return self._send(206, data[start:end], headers, head)
+                return self._send(200, data, headers, head)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._route(head=True)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._route(head=False)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:  # noqa: ANN401
+        self._server.shutdown()
+        self._server.server_close()

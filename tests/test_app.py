@@ -154,6 +154,22 @@ def test_bad_model_and_budget_are_messages():
         app.run_answer(s.image, "What colour?", "scenes", "resprune", 25, 145, 0.75, None)
 
 
+def test_model_list_shows_one_bundled_scenes_model(monkeypatch):
+    """Of the models bundled in the repository, the list shows the app's default only: a scenes model of another
+    world waits until the app has that world's examples, new scenes and notes."""
+    from resprune import loading
+
+    monkeypatch.setitem(loading.PRESETS, "scenes-w2", loading.Preset("assets/none", "a world-2 model", world=2))
+    monkeypatch.setattr(
+        loading,
+        "preset_statuses",
+        lambda timeout: {n: loading.PresetStatus(True, "bundled", "") for n in loading.PRESETS},
+    )
+    values = [v for _, v in app.model_choices()]
+    assert values[0] == app.DEFAULT_MODEL and "scenes-w2" not in values
+    assert loading.PRESETS["scenes-w2"].bundled and not loading.PRESETS["llava-1.5-7b"].bundled
+
+
 def test_offline_model_list_and_instant_refusal(monkeypatch, tmp_path):
     """Offline (HF_HUB_OFFLINE, an empty hub cache): the model list marks every real checkpoint as not available
     here, the bundled model as available, and picking one fails at once with a message for a web visitor (no
@@ -165,8 +181,8 @@ def test_offline_model_list_and_instant_refusal(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     labels = dict((v, k) for k, v in app.model_choices())
     assert "not available" not in labels["scenes"]
-    for name in loading.PRESETS:
-        if name != "scenes":
+    for name, preset in loading.PRESETS.items():
+        if not preset.bundled:
             assert labels[name].endswith("(not available on this server)"), labels[name]
     s = _scene()
     import resprune

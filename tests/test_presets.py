@@ -22,7 +22,7 @@ from resprune.pipeline import prune
 from resprune.testing import PRESET_FACTS, build_twin, generate_checking_first_step
 from resprune.types import VIEW_BASE, VIEW_HIRES, VIEW_NEWLINE
 
-TWINS = [p for p in PRESETS if p != "scenes"]
+TWINS = [p for p in PRESETS if not PRESETS[p].bundled]  # the hub checkpoints (not the scenes models)
 
 # preset -> (reference image (width, height), N, {view: grid}) from the published architecture:
 # LLaVA-1.5: CLIP-L/14 at 336 px, strategy "default" (no [CLS]): 24 x 24 = 576.
@@ -452,3 +452,71 @@ def test_a_cached_preset_loads_by_name_and_runs_the_app_handlers(twin_in_cache, 
         assert all("needs cls_attention" in r[2] for r in rows if r[0] in unavailable), rows
     finally:
         app.get_model.cache_clear()
+
+
+_DOWNLOAD_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import app
+from resprune.loading import ModelLoadError, download_preset, preset_status
+out = {"status": preset_status("smolvlm-256m").where}
+events = []
+model, _ = app._load("smolvlm-256m", lambda frac=None, desc=None, **k: events.append([frac, desc]))
+out["events"], out["model"] = events, type(model).__name__
+again = []
+app._load("smolvlm-256m", lambda frac=None, desc=None, **k: again.append([frac, desc]))
+out["again"] = again
+calls = []
+download_preset("smolvlm-256m", lambda done, total: calls.append([done, total]))  # in the cache now
+out["cached_calls"] = calls
+try:
+    download_preset("smolvlm-500m")
+except ModelLoadError as e:
+    out["refused"] = str(e)
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_hub_preset_downloads_with_byte_progress_then_loads(tmp_path):
+    """The app's first load of a hub preset: from a hub on loopback (``resprune.testing.LoopbackHub`` serving the
+    preset's twin under its hub id), the files arrive with the bytes on the progress bar (monotone, up to the
+    repository's total of ``DOWNLOAD_PATTERNS`` files; a ``.bin`` copy is not fetched), then the model loads; the
+    second load downloads nothing; a repository the hub does not have is a clear error naming the preset."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+    from fnmatch import fnmatch
+
+    from resprune.loading import DOWNLOAD_PATTERNS
+    from resprune.testing import LoopbackHub
+
+    folder = tmp_path / "twin"
+    build_twin("smolvlm-256m", folder)
+    (folder / "pytorch_model.bin").write_bytes(b"\0" * 1000)  # a second copy of the weights: not fetched
+    expected = sum(p.stat().st_size for p in folder.iterdir() if any(fnmatch(p.name, pat) for pat in DOWNLOAD_PATTERNS))
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    with LoopbackHub({PRESETS["smolvlm-256m"].hub_id: folder}) as hub:
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "TRANSFORMERS_OFFLINE")
+        }
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        run = subprocess.run(
+            [sys.executable, "-c", _DOWNLOAD_SCRIPT, str(root)], env=env, capture_output=True, text=True, timeout=300
+        )
+        fetched = [p for m, p in hub.requests if m == "GET" and "/resolve/" in p]
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.split("RESULT ", 1)[1])
+    assert out["status"] == "hub" and out["model"] == "Idefics3ForConditionalGeneration"
+    events = out["events"]
+    fracs = [f for f, _ in events]
+    assert fracs == sorted(fracs) and fracs[0] == 0.05 and fracs[-1] == 0.9
+    sizes = [re.fullmatch(r"Downloading smolvlm-256m: ([\d.]+) MB of ([\d.]+) MB", d) for _, d in events[1:-1]]
+    assert all(sizes) and len(sizes) >= 2 and sizes[-1][1] == sizes[-1][2] == f"{expected / 1e6:.1f}"
+    assert events[-1][1] == "Loading model 'smolvlm-256m' (first run only)…"
+    assert out["again"] == []  # loaded once: no download, no load
+    assert out["cached_calls"] == [[0, 0]]  # in the cache now: nothing left to fetch
+    assert not any(p.endswith(".bin") for p in fetched) and any(p.endswith("model.safetensors") for p in fetched)
+    assert out["refused"].startswith("could not download preset 'smolvlm-500m'")
