@@ -230,6 +230,52 @@ def test_training_script_runs_and_chains_stages(tmp_path):
 
 
 @pytest.mark.slow
+def test_vision_phase_trains_only_the_vision_side_first(tmp_path):
+    """``--vision-steps``: a first phase changes the vision tower and projector (the dense head learns the patches'
+    targets: its loss falls) while the language model waits; it is logged in training.json, and without it
+    training is exactly as before."""
+    import json
+
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from resprune.scenes.train import N_AUX, main, make_dataset, vision_stage
+
+    small = ["--scenes", "8", "--val-scenes", "2", "--batch", "2", "--workers", "1", "--eval-every", "1000"]
+    small += [*TINY_MODEL, "--threads", "1", "--lr", "0.01"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--steps", "1", "--out", str(tmp_path / "plain"), *small]) == 0
+        assert main(["--steps", "1", "--out", str(tmp_path / "again"), *small]) == 0
+        vis = ["--vision-steps", "20", "--vision-batch", "4"]
+        assert main(["--steps", "1", *vis, "--out", str(tmp_path / "vis"), *small]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    plain, again, vis = (
+        dict(LlavaForConditionalGeneration.from_pretrained(tmp_path / n).named_parameters())
+        for n in ("plain", "again", "vis")
+    )
+    assert all(plain[k].equal(again[k]) for k in plain)  # the default is unchanged and deterministic
+    vision_side = [k for k in plain if "vision_tower" in k or "multi_modal_projector" in k]
+    assert vision_side and any(not plain[k].equal(vis[k]) for k in vision_side)
+    meta = json.loads((tmp_path / "vis" / "training.json").read_text())
+    rows = meta["vision_phase"]
+    assert meta["vision_steps"] == 20 and [r["vision_step"] for r in rows] == list(range(2, 21, 2))
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(0 <= r["val_patch_shape"] <= 1 and 0 <= r["val_patch_colour"] <= 1 for r in rows)
+    # the phase itself leaves the language model as it was
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "plain")
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    d = model.config.text_config.hidden_size
+    aux = torch.nn.ModuleDict({"tokens": torch.nn.Linear(d, sum(N_AUX))})
+    imgs, tgt, _, _ = make_dataset("train", 4, 1, 1, 1)
+    imgs, tgt = torch.from_numpy(imgs), torch.from_numpy(tgt.astype("int64"))
+    vision_stage(model, aux, imgs, tgt, (imgs, tgt), 3, 2, 0.01, 0)
+    changed = {k for k, v in model.named_parameters() if not v.equal(before[k])}
+    assert changed and all("vision_tower" in k or "multi_modal_projector" in k for k in changed)
+
+
+@pytest.mark.slow
 def test_training_switches_the_position_losses_on_part_way(tmp_path):
     """``--position-from 0.5``: the object-centre loss is off for the first half of the schedule and on after it."""
     import csv

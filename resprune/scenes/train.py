@@ -23,6 +23,9 @@ Recipe (what made a few-million-parameter LLaVA learn the world on two CPU cores
   answered left/right at chance (54 %) while above/below reached 95 %. Both position losses switch on part-way
   (``--position-from``, a share of the schedule): from step 0 the object-centre loss asks for centres before the
   supervised heads look at the objects, and slowed every question type down.
+- ``--vision-steps N`` (off by default; v1 was trained without it): a first phase in which only the vision tower,
+  the projector and the dense head learn the per-patch targets, the language model waiting, as LLaVA starts from
+  a vision tower already trained on images. It counts towards ``--time-budget``.
 - AdamW, linear warm-up then cosine decay.
 - ``--init DIR`` continues from a checkpoint (a second stage with new losses or data); the log, the curve and
   ``training.json`` then include the earlier stages and each stage's command, to be run in order. The shipped
@@ -197,13 +200,9 @@ def normalise(images: Any, mean: Any, std: Any) -> Any:
     return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
 
-def forward(model: Any, ids: Any, am: Any, pv: Any) -> tuple[Any, Any, Any]:
-    """Hidden states `(B, L, D)` of the language model, the visual tokens `(B, 144, D)` it reads (the projector's
-    output), and all the language model's hidden states (``[i]`` is the input of layer i).
-
-    The same computation as ``LlavaForConditionalGeneration.forward`` (vision tower layer -2, CLS dropped,
-    projector, image tokens replaced by the features), written out so the visual tokens can be supervised too.
-    """
+def visual_tokens(model: Any, pv: Any) -> Any:
+    """`(B, 144, D)`: the projected visual tokens the language model reads for normalised images ``pv`` (vision
+    tower layer -2, CLS dropped, projector), as ``LlavaForConditionalGeneration`` computes them."""
     import torch
 
     cfg = model.config
@@ -212,7 +211,32 @@ def forward(model: Any, ids: Any, am: Any, pv: Any) -> tuple[Any, Any, Any]:
         vision_feature_layer=cfg.vision_feature_layer,
         vision_feature_select_strategy=cfg.vision_feature_select_strategy,
     ).pooler_output
-    feats = torch.stack(list(feats))  # (B, 144, D)
+    return torch.stack(list(feats))
+
+
+def dense_loss(aux: Any, feats: Any, tgt: Any, pos_weight: float = 0.0) -> Any:
+    """Mean cross-entropy of ``aux["tokens"]``'s per-token classes (colour, shape, centre-shape; ``tgt`` `(B, 3,
+    144)`) plus ``pos_weight`` x the mean squared error of ``aux["pos"]``'s token position."""
+    import torch.nn.functional as F
+
+    parts = aux["tokens"](feats).float().split(N_AUX, dim=-1)
+    dense = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), tgt[:, i].reshape(-1)) for i, p in enumerate(parts))
+    dense = dense / len(N_AUX)
+    if pos_weight:
+        pos = aux["pos"](feats).float()
+        dense = dense + pos_weight * F.mse_loss(pos, token_positions(pos.device).expand_as(pos))
+    return dense
+
+
+def forward(model: Any, ids: Any, am: Any, pv: Any) -> tuple[Any, Any, Any]:
+    """Hidden states `(B, L, D)` of the language model, the visual tokens `(B, 144, D)` it reads (the projector's
+    output), and all the language model's hidden states (``[i]`` is the input of layer i).
+
+    The same computation as ``LlavaForConditionalGeneration.forward`` (vision tower layer -2, CLS dropped,
+    projector, image tokens replaced by the features), written out so the visual tokens can be supervised too.
+    """
+    cfg = model.config
+    feats = visual_tokens(model, pv)
     emb = model.get_input_embeddings()(ids)
     mask = (ids == cfg.image_token_id).unsqueeze(-1)
     emb = emb.masked_scatter(mask, feats.to(emb.dtype))
@@ -281,12 +305,7 @@ def losses(
     sel = lab[:, 1:] != -100
     logits = model.lm_head(h[:, :-1][sel])
     lm = F.cross_entropy(logits.float(), lab[:, 1:][sel])
-    parts = aux["tokens"](feats).float().split(N_AUX, dim=-1)
-    dense = sum(F.cross_entropy(p.reshape(-1, p.shape[-1]), tgt[:, i].reshape(-1)) for i, p in enumerate(parts))
-    dense = dense / len(N_AUX)
-    if pos_weight:
-        pos = aux["pos"](feats).float()
-        dense = dense + pos_weight * F.mse_loss(pos, token_positions(pos.device).expand_as(pos))
+    dense = dense_loss(aux, feats, tgt, pos_weight)
     att = wh = h.new_zeros(())
     if attn is not None:
         att = attention_loss(model, hs[ATTN_LAYER], ids, am, *attn)
@@ -313,6 +332,66 @@ def where_loss(head: Any, h: Any, rows: Any, pos: Any, rel: Any) -> Any:
     if not valid.any():
         return h.new_zeros(())
     return F.mse_loss(pred[valid], centre[valid])
+
+
+def vision_accuracy(model: Any, aux: Any, images: Any, tgt: Any, bs: int = 128) -> dict[str, float]:
+    """The dense head's accuracy on the patches that show an object: its colour and its shape."""
+    import torch
+
+    mean = torch.tensor(MEAN, device=images.device)[None, :, None, None]
+    std = torch.tensor(STD, device=images.device)[None, :, None, None]
+    ok, n = [0, 0], 0
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(images), bs):
+            parts = aux["tokens"](visual_tokens(model, normalise(images[s : s + bs], mean, std))).split(N_AUX, -1)
+            t = tgt[s : s + bs]
+            obj = t[:, 1] > 0
+            for i in range(2):
+                ok[i] += int((parts[i].argmax(-1) == t[:, i])[obj].sum())
+            n += int(obj.sum())
+    model.train()
+    return {"colour": ok[0] / max(n, 1), "shape": ok[1] / max(n, 1)}
+
+
+def vision_stage(
+    model: Any, aux: Any, imgs: Any, tgts: Any, val: tuple[Any, Any], steps: int, batch: int, lr: float, seed: int
+) -> list[dict]:
+    """The run's first phase: the vision tower, the projector and the dense head learn the per-patch targets alone
+    (the language model waits), as LLaVA starts from a vision tower already trained on images. Linear warm-up,
+    cosine decay; a row of (step, loss, validation patch accuracy) every tenth of the phase."""
+    import torch
+
+    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    params += list(aux["tokens"].parameters())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
+    warm = max(1, steps // 25)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    mean = torch.tensor(MEAN, device=imgs.device)[None, :, None, None]
+    std = torch.tensor(STD, device=imgs.device)[None, :, None, None]
+    rng = np.random.default_rng(seed + 1)  # its own stream: the main phase draws the same batches with or without it
+    rows, ema, t0 = [], None, time.time()
+    for step in range(1, steps + 1):
+        idx = torch.from_numpy(rng.integers(0, len(imgs), batch)).to(imgs.device)
+        loss = dense_loss(aux, visual_tokens(model, normalise(imgs[idx], mean, std)), tgts[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = float(loss.detach()) if ema is None else 0.95 * ema + 0.05 * float(loss.detach())
+        if step % max(1, steps // 10) == 0 or step == steps:
+            acc = vision_accuracy(model, aux, *val)
+            row = {
+                "vision_step": step,
+                "loss": round(ema, 5),
+                **{f"val_patch_{k}": round(v, 4) for k, v in acc.items()},
+            }
+            rows.append({**row, "seconds": round(time.time() - t0, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def val_accuracy(
@@ -370,6 +449,14 @@ def main(argv: list[str] | None = None) -> int:
         help="share of the schedule after which --pos-weight and --where-weight switch on (0: from the start)",
     )
     p.add_argument("--world", type=int, default=1, choices=WORLDS, help="the scene world to train on")
+    p.add_argument(
+        "--vision-steps",
+        type=int,
+        default=0,
+        help="a first phase of this many steps training the vision tower, projector and dense head alone on the "
+        "per-patch targets (0: off); it counts towards --time-budget",
+    )
+    p.add_argument("--vision-batch", type=int, default=64, help="images per step of the vision phase")
     p.add_argument("--val-scenes", type=int, default=150)
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--seed", type=int, default=1234)
@@ -418,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = Encoder(processor)
     pad_id = processor.tokenizer.pad_token_id
     train_imgs, train_tgt, train_obj, train_q = make_dataset("train", a.scenes, a.workers, a.question_sets, a.world)
-    val_imgs, _, _, val_q = make_dataset("val", a.val_scenes, a.workers, 1, a.world)
+    val_imgs, val_tgt, _, val_q = make_dataset("val", a.val_scenes, a.workers, 1, a.world)
     n_q = sum(len(s) for sets in train_q for s in sets)
     print(f"data: {len(train_imgs)} train scenes ({n_q} questions), {len(val_imgs)} val; {time.time() - t0:.0f} s")
 
@@ -472,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     log_rows: list[dict] = []
     ema = ema_aux = ema_att = ema_where = None
     t_train = time.time()
+    vision_rows = []
+    if a.vision_steps:
+        vtgts = torch.from_numpy(val_tgt.astype(np.int64)).to(a.device)
+        vision_rows = vision_stage(model, aux, imgs, tgts, (vimgs, vtgts), a.vision_steps, a.vision_batch, a.lr, a.seed)
     bar = tqdm(total=total[0], desc="train", mininterval=20)
     step = 0
     while step < total[0]:
@@ -586,6 +677,9 @@ def main(argv: list[str] | None = None) -> int:
         "where_weight": a.where_weight,
         "pos_weight": a.pos_weight,
         "position_from": a.position_from,
+        "vision_steps": a.vision_steps,
+        "vision_batch": a.vision_batch,
+        "vision_phase": vision_rows,
         "parameters": n_params,
         "wall_seconds": round(time.time() - t0, 1),
         "torch": torch.__version__,
