@@ -497,8 +497,10 @@ SMOLVLM_VISION = dict(  # SmolVLM-256M / 500M: SigLIP base patch16 at 512 px (93
     image_size=512,
     patch_size=16,
 )
-SMOLVLM_IMAGES = dict(  # preprocessor_config.json (longest_edge 2048 = 4 x 512, max 512: as in public copies of the
-    # SmolVLM2-500M file; for SmolVLM-256M/-500M recalled, unsure)
+SMOLVLM_IMAGES = dict(  # preprocessor_config.json (Idefics3ImageProcessor, longest_edge 2048 = 4 x 512, tiles of 512:
+    # as in public copies of the SmolVLM-500M-Instruct and SmolVLM2-500M files and of ibm-granite/granite-docling-
+    # 258M's, a SmolVLM-256M derivative; the 256M model card: "64 visual tokens to encode image patches of size
+    # 512x512". No copy of the SmolVLM-256M file itself was found)
     do_image_splitting=True,
     size={"longest_edge": 2048},
     max_image_size={"longest_edge": 512},
