@@ -275,6 +275,41 @@ def test_vision_phase_trains_only_the_vision_side_first(tmp_path):
     assert changed and all("vision_tower" in k or "multi_modal_projector" in k for k in changed)
 
 
+def test_freeze_vision_keeps_the_tower_of_the_vision_phase(tmp_path):
+    """``--freeze-vision``: after the vision phase the tower stays as that phase left it (1 or 3 later steps: the
+    same tower) while the projector and the language model go on learning; without the flag the tower moves on;
+    it is recorded in training.json, and without a trained tower to keep it is an argparse error."""
+    import json
+
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from resprune.scenes.train import main
+
+    small = ["--scenes", "8", "--val-scenes", "2", "--batch", "2", "--workers", "1", "--eval-every", "1000"]
+    small += [*TINY_MODEL, "--threads", "1", "--lr", "0.01", "--vision-steps", "4", "--vision-batch", "4"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--steps", "1", "--freeze-vision", "--out", str(tmp_path / "f1"), *small]) == 0
+        assert main(["--steps", "3", "--freeze-vision", "--out", str(tmp_path / "f3"), *small]) == 0
+        assert main(["--steps", "3", "--out", str(tmp_path / "u3"), *small]) == 0
+        with pytest.raises(SystemExit):
+            main(["--steps", "1", "--freeze-vision", "--vision-steps", "0", "--out", str(tmp_path / "bad")])
+    finally:
+        torch.set_num_threads(threads)
+    f1, f3, u3 = (
+        dict(LlavaForConditionalGeneration.from_pretrained(tmp_path / n).named_parameters()) for n in ("f1", "f3", "u3")
+    )
+    tower = [k for k in f1 if "vision_tower" in k]
+    rest = [k for k in f1 if "vision_tower" not in k]
+    assert tower and all(f1[k].equal(f3[k]) for k in tower)
+    assert any(not f1[k].equal(f3[k]) for k in rest if "multi_modal_projector" in k)
+    assert any(not f1[k].equal(f3[k]) for k in rest if "language_model" in k)
+    assert any(not f3[k].equal(u3[k]) for k in tower)
+    assert json.loads((tmp_path / "f3" / "training.json").read_text())["freeze_vision"] is True
+    assert json.loads((tmp_path / "u3" / "training.json").read_text())["freeze_vision"] is False
+
+
 @pytest.mark.slow
 def test_training_switches_the_position_losses_on_part_way(tmp_path):
     """``--position-from 0.5``: the object-centre loss is off for the first half of the schedule and on after it."""

@@ -457,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         "per-patch targets (0: off); it counts towards --time-budget",
     )
     p.add_argument("--vision-batch", type=int, default=64, help="images per step of the vision phase")
+    p.add_argument(
+        "--freeze-vision",
+        action="store_true",
+        help="keep the vision tower fixed after the vision phase, as LLaVA keeps its CLIP tower (the projector, the "
+        "language model and the heads go on learning); needs --vision-steps or --init",
+    )
     p.add_argument("--val-scenes", type=int, default=150)
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--seed", type=int, default=1234)
@@ -490,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(
             f"--time-budget and --budget-steps need --steps above {_FIX_AT} (the schedule is fixed at step {_FIX_AT})"
         )
+    if a.freeze_vision and not (a.vision_steps or a.init):
+        p.error("--freeze-vision keeps a trained vision tower fixed: give --vision-steps or --init too")
     if not 0.0 <= a.position_from < 1.0:
         p.error(f"--position-from must be in [0, 1) (a share of the schedule), got {a.position_from}")
 
@@ -563,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.vision_steps:
         vtgts = torch.from_numpy(val_tgt.astype(np.int64)).to(a.device)
         vision_rows = vision_stage(model, aux, imgs, tgts, (vimgs, vtgts), a.vision_steps, a.vision_batch, a.lr, a.seed)
+    if a.freeze_vision:  # no gradient reaches the tower: AdamW skips it, and the backward pass stops at the projector
+        model.model.vision_tower.requires_grad_(False)
     bar = tqdm(total=total[0], desc="train", mininterval=20)
     step = 0
     while step < total[0]:
@@ -679,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         "position_from": a.position_from,
         "vision_steps": a.vision_steps,
         "vision_batch": a.vision_batch,
+        "freeze_vision": a.freeze_vision,
         "vision_phase": vision_rows,
         "parameters": n_params,
         "wall_seconds": round(time.time() - t0, 1),
