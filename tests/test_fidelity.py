@@ -270,4 +270,4 @@ def test_core_energies_match_the_reference_to_float64_accuracy(case, rtol):
         upto = assert_same_order(order.numpy(), ref, gaps, min_compared=100)
         tiny = energy[:upto] < 1e-8 * norm2[ref[:upto]]
         assert tiny.sum() >= 20
-        np.testing.assert_allclose(np.asarray(e_pick, dtype=np.float64)[:upto][tiny], energy[:upto][tiny], rtol=rtol)
+        np.testing.assert_allclose(e_pick.numpy()[:upto][tiny], energy[:upto][tiny], rtol=rtol)
