@@ -197,6 +197,43 @@ def test_training_on_world_2_records_it_and_evaluate_uses_it(tmp_path, monkeypat
     assert seen == [2, 1]
 
 
+def test_what_loss_asks_for_the_attended_objects_colour_and_shape():
+    """The "what" targets are the shares of colours and shapes among the labelled patches each supervised head
+    should look at (background patches ignored; a head without objects is left out), and the loss is their
+    cross-entropy: log(4) + log(3) over 2 for a head that knows nothing; its gradient reaches only the queried
+    positions of the supervised layer's output."""
+    import math
+
+    import torch
+
+    from resprune.scenes.train import what_loss, what_targets
+
+    tgt = torch.zeros(1, 3, 144, dtype=torch.long)
+    tgt[0, 0, :4], tgt[0, 1, :4] = 1, 1  # patches 0-3: red circle
+    tgt[0, 0, 10:12], tgt[0, 1, 10:12] = 3, 2  # patches 10-11: blue square
+    rel = torch.zeros(2, 2, 144, dtype=torch.bool)
+    rel[0, 0, [0, 1, 2, 3, 20]] = True  # patch 20 is background
+    rel[0, 1, 10:12] = True
+    rel[1, 0, [0, 1, 2, 3, 10, 11]] = True  # two objects: 4 red patches, 2 blue
+    colour, shape = what_targets(rel, tgt[[0, 0]])
+    assert colour.shape == (2, 2, 4) and shape.shape == (2, 2, 3)
+    assert colour[0, 0].tolist() == [1, 0, 0, 0] and shape[0, 1].tolist() == [0, 1, 0]
+    assert torch.allclose(colour[1, 0], torch.tensor([2 / 3, 0, 1 / 3, 0]))
+    assert torch.allclose(shape[1, 0], torch.tensor([2 / 3, 1 / 3, 0]))
+    assert colour[1, 1].sum() == 0 and shape[1, 1].sum() == 0
+    head = torch.nn.Linear(8, 14)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    h = torch.randn(1, 6, 8, requires_grad=True)
+    rows, pos = torch.tensor([0, 0]), torch.tensor([2, 5])
+    loss = what_loss(head, h, rows, pos, rel, tgt)
+    assert math.isclose(float(loss), (math.log(4) + math.log(3)) / 2, rel_tol=1e-6)
+    torch.nn.init.normal_(head.weight)
+    what_loss(head, h, rows, pos, rel, tgt).backward()
+    touched = h.grad.abs().sum(-1)[0]
+    assert (touched[[2, 5]] > 0).all() and touched[[0, 1, 3, 4]].eq(0).all()
+
+
 @pytest.mark.slow
 def test_training_script_runs_and_chains_stages(tmp_path):
     """Two tiny stages: the second starts from the first (``--init``), its log continues the step count and its
@@ -212,15 +249,17 @@ def test_training_script_runs_and_chains_stages(tmp_path):
     small += TINY_MODEL
     assert main(["--steps", "2", "--out", str(tmp_path / "s1"), *small]) == 0
     stage2 = ["--steps", "4", "--out", str(tmp_path / "s2"), "--init", str(tmp_path / "s1")]
-    assert main([*stage2, "--pos-weight", "10", "--where-weight", "10", *small]) == 0
+    assert main([*stage2, "--pos-weight", "10", "--where-weight", "10", "--what-weight", "1", *small]) == 0
     with open(tmp_path / "s2" / "train_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(int(r["step"]), int(r["stage"])) for r in rows] == [(2, 1), (4, 2), (6, 2)]
     assert float(rows[0]["where_loss"]) == 0 and all(float(r["where_loss"]) > 0 for r in rows[1:])
+    assert float(rows[0]["what_loss"]) == 0 and all(float(r["what_loss"]) > 0 for r in rows[1:])
     assert all(float(r["attn_loss"]) > 0 for r in rows)
     meta = json.loads((tmp_path / "s2" / "training.json").read_text())
     assert meta["stage"] == 2 and [s["stage"] for s in meta["stages"]] == [1, 2]
     assert [(s["pos_weight"], s["where_weight"]) for s in meta["stages"]] == [(0.0, 0.0), (10.0, 10.0)]
+    assert [s["what_weight"] for s in meta["stages"]] == [0.0, 1.0]
     assert "--init" not in meta["stages"][0]["command"] and "--init" in meta["stages"][1]["command"]
     assert (tmp_path / "s2" / "learning_curve.png").stat().st_size > 0
     m1 = LlavaForConditionalGeneration.from_pretrained(tmp_path / "s1")
