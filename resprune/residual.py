@@ -233,21 +233,11 @@ def auto_solver(n: int, keep: int, d: int) -> str:
 def _replay(v32: np.ndarray, order: np.ndarray, steps: Sequence[int]) -> np.ndarray:
     """`(len(steps), N)` exact float64 residual energies after ``steps[j]`` picks of ``order`` (picked and spanned
     tokens 0): a float64 orthonormal basis of the picks (re-orthogonalised), then one `(N, K)` product."""
-    n, dim = v32.shape
+    n = v32.shape[0]
     norm2 = np.einsum("nd,nd->n", v32, v32, dtype=np.float64)
     span_tol = SPAN_RTOL * float(norm2.max()) if n else 0.0
-    q = np.zeros((order.size, dim))
-    size = np.zeros(order.size + 1, dtype=np.int64)  # basis size after t picks
-    m = 0
-    for t, s in enumerate(order):
-        r = v32[s].astype(np.float64)
-        for _ in range(2 if m else 0):
-            r -= (q[:m] @ r) @ q[:m]
-        e = float(r @ r)
-        if e > span_tol:
-            q[m] = r / np.sqrt(e)
-            m += 1
-        size[t + 1] = m
+    q, size = _replay_basis(v32, order, span_tol)
+    m = q.shape[0]
     proj = np.zeros((n, m + 1))
     if m:
         proj[:, 1:] = np.cumsum((v32.astype(np.float64) @ q[:m].T) ** 2, axis=1)  # (N, m)
@@ -258,6 +248,28 @@ def _replay(v32: np.ndarray, order: np.ndarray, steps: Sequence[int]) -> np.ndar
         e[e <= span_tol] = 0.0
         out[j] = e
     return out
+
+
+def _replay_basis(v32: np.ndarray, order: np.ndarray, span_tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """The replay's float64 orthonormal basis `(m, D)` of the picks in ``order`` (a pick whose residual energy is at
+    most ``span_tol`` adds no vector) and the basis size after each number of picks `(K + 1,)`.
+
+    Gram-Schmidt with a second pass (CGS2): one pass loses orthogonality as the picks approach dependence (the
+    loss grows with the square of their condition number), and a basis that is not orthonormal miscounts every
+    later residual; the second pass keeps it orthonormal to rounding."""
+    q = np.zeros((order.size, v32.shape[1]))
+    size = np.zeros(order.size + 1, dtype=np.int64)
+    m = 0
+    for t, s in enumerate(order):
+        r = v32[s].astype(np.float64)
+        for _ in range(2 if m else 0):
+            r -= (q[:m] @ r) @ q[:m]
+        e = float(r @ r)
+        if e > span_tol:
+            q[m] = r / np.sqrt(e)
+            m += 1
+        size[t + 1] = m
+    return q[:m], size
 
 
 def _check_order(order: object, n: int) -> np.ndarray:
