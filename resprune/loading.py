@@ -1,7 +1,8 @@
 """One call to load any supported model: ``model, processor = resprune.load_model(name_or_id)``.
 
-``"scenes"`` is the offline default shipped under ``assets/scenes-model`` (trained on scene world 1); the other presets
-name real hub checkpoints
+``"scenes"`` is the offline default shipped under ``assets/scenes-model`` (trained on scene world 1) and
+``"scenes-v2"`` the offline model v2 under ``assets/scenes-model-v2`` (scene world 2, LM width 192 > 144 visual
+tokens); the other presets name real hub checkpoints
 (downloaded by transformers on first use, where a network is available); a local folder saved with
 ``save_pretrained`` works too. ``trust_remote_code`` is never enabled. Processors use the PIL image backends
 (there is no CPU torchvision wheel).
@@ -33,6 +34,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "scenes": Preset("assets/scenes-model", "offline default, 7.4 MB, CPU", world=1),
+    "scenes-v2": Preset("assets/scenes-model-v2", "offline model v2 (scene world 2, D = 192), 11.6 MB, CPU", world=2),
     "llava-1.5-7b": Preset("llava-hf/llava-1.5-7b-hf", "LLaVA-1.5-7B, ~14 GB download, GPU recommended"),
     "llava-interleave-0.5b": Preset(
         "llava-hf/llava-interleave-qwen-0.5b-hf",

@@ -236,8 +236,8 @@ def test_what_loss_asks_for_the_attended_objects_colour_and_shape():
 
 @pytest.mark.slow
 def test_training_script_runs_and_chains_stages(tmp_path):
-    """Two tiny stages: the second starts from the first (``--init``), its log continues the step count and its
-    training.json records both commands in order."""
+    """Two tiny stages: the second starts from the first (``--init``, without repeating the model's widths), its log
+    continues the step count and its training.json records both commands in order."""
     import csv
     import json
 
@@ -246,8 +246,8 @@ def test_training_script_runs_and_chains_stages(tmp_path):
     from resprune.scenes.train import main
 
     small = ["--scenes", "12", "--val-scenes", "4", "--batch", "4", "--workers", "1", "--eval-every", "2"]
-    small += TINY_MODEL
-    assert main(["--steps", "2", "--out", str(tmp_path / "s1"), *small]) == 0
+    assert main(["--steps", "2", "--out", str(tmp_path / "s1"), *small, *TINY_MODEL]) == 0
+    # stage 2 does not repeat the widths: its training heads take them from the checkpoint
     stage2 = ["--steps", "4", "--out", str(tmp_path / "s2"), "--init", str(tmp_path / "s1")]
     assert main([*stage2, "--pos-weight", "10", "--where-weight", "10", "--what-weight", "1", *small]) == 0
     with open(tmp_path / "s2" / "train_log.csv", newline="") as f:
@@ -265,6 +265,7 @@ def test_training_script_runs_and_chains_stages(tmp_path):
     m1 = LlavaForConditionalGeneration.from_pretrained(tmp_path / "s1")
     m2 = LlavaForConditionalGeneration.from_pretrained(tmp_path / "s2")
     assert m2.config.text_config.num_hidden_layers == 2  # the architecture came from the first stage
+    assert m2.config.text_config.hidden_size == 64
     assert not all(a.equal(b) for a, b in zip(m1.parameters(), m2.parameters()))  # and was trained further
 
 
@@ -413,6 +414,17 @@ def shipped():
     return load_scenes_model(DEFAULT_DIR)
 
 
+@pytest.fixture(scope="module", params=["scenes", "scenes-v2"])
+def bundled(request):
+    """Each scenes model shipped in the repository, its processor and the scene world it was trained on."""
+    from resprune.loading import PRESETS, preset_path
+    from resprune.scenes.model import load_scenes_model, trained_world
+
+    path = preset_path(request.param)
+    assert trained_world(path) == PRESETS[request.param].world
+    return (*load_scenes_model(path), PRESETS[request.param].world)
+
+
 def test_shipped_checkpoint_loads_with_plain_from_pretrained():
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
@@ -427,13 +439,14 @@ def test_shipped_checkpoint_loads_with_plain_from_pretrained():
     assert proc.apply_chat_template(msgs, add_generation_prompt=True) == "USER: <image>\nQ? ASSISTANT:"
 
 
-def test_shipped_model_smoke_accuracy(shipped):
-    """200 fixed test questions, batched greedy decoding: the issue's bar is >= 90 %; this checkpoint is held to the
-    model's own targets, >= 95 % overall and >= 90 % per question type (measured: 200 / 200)."""
+def test_shipped_model_smoke_accuracy(bundled):
+    """200 fixed test questions of each shipped model's world, batched greedy decoding, held to the models' targets:
+    >= 95 % overall and >= 90 % per question type (measured: v1 200 / 200, v2 197 / 200 with counts 41 / 44; on
+    the full 1,000 test scenes v2's counts are at 89.3 %, below the target: see its model card)."""
     from resprune.scenes.evaluate import accuracy
 
-    model, proc = shipped
-    items = [(s.image, q) for s in scenes.test_scenes(60) for q in s.questions][:200]
+    model, proc, world = bundled
+    items = [(s.image, q) for s in scenes.test_scenes(60, world) for q in s.questions][:200]
     res = accuracy(model, proc, items, batch=100)
     assert res["all"][0] / len(items) >= 0.95, res
     assert all(c / n >= 0.90 for t, (c, n) in res.items() if t != "all"), res

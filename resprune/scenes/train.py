@@ -23,6 +23,10 @@ Recipe (what made a few-million-parameter LLaVA learn the world on two CPU cores
   answered left/right at chance (54 %) while above/below reached 95 %. Both position losses switch on part-way
   (``--position-from``, a share of the schedule): from step 0 the object-centre loss asks for centres before the
   supervised heads look at the objects, and slowed every question type down.
+- What, read off: ``--what-weight`` (off by default; v1 was trained without it) adds a third training-only head on
+  the same output, asking for the colour and the shape of the objects each supervised head looks at (soft targets:
+  their patches' labels). World 2 needs it: without it the answers found an object by its shape and read its
+  colour, but read the shape of an object found by its colour at 65-82 %, although its tokens carried the shape.
 - ``--vision-steps N`` (off by default; v1 was trained without it): a first phase in which only the vision tower,
   the projector and the dense head learn the per-patch targets, the language model waiting, as LLaVA starts from
   a vision tower already trained on images. It counts towards ``--time-budget``.
@@ -578,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.init:  # continue from a checkpoint (a second stage); the aux head restarts from zero
         earlier_rows, earlier_stages = _earlier_stages(Path(a.init))
         model = LlavaForConditionalGeneration.from_pretrained(a.init, dtype=torch.float32).to(a.device)
+        d = model.config.text_config.hidden_size  # the checkpoint's width, whatever --text-width says
+        aux["tokens"] = torch.nn.Linear(d, sum(N_AUX))
     else:
         model = LlavaForConditionalGeneration(cfg).to(a.device)
     # created after the model, so that a first stage without them draws the same random initialisation
@@ -798,6 +804,9 @@ def _plot(rows: list[dict], path: Path, marks: list[tuple[int, str]] = ()) -> No
     w = [(r["step"], r["where_loss"]) for r in rows if r.get("where_loss")]  # 0 while off: no point on a log axis
     if w:
         a1.plot(*zip(*w), color="#CC79A7", label="where the objects are")
+    w = [(r["step"], r["what_loss"]) for r in rows if r.get("what_loss")]
+    if w:
+        a1.plot(*zip(*w), color="#D55E00", label="what the attended objects are")
     a1.set_yscale("log")
     a1.set(xlabel="step", title="training loss (EMA)")
     a1.legend(fontsize=8)
