@@ -13,8 +13,9 @@ and removed by ``delete_cache``.
 
 Teaching rules (issue 18): the page opens with the first example of ``assets/examples`` already run
 (``on_first_screen``, computed once per process, before the server starts: ``warm_first_screen``); a new image
-clears every old output (``cleared_outputs``); for the offline model, an input outside its scene world is said to be
-so where the answers are (``world_notes``), and the verdict then draws no conclusion; the settings shown are those
+clears every old output (``cleared_outputs``); for an offline scenes model, an input outside its scene world is said to
+be so where the answers are (``world_notes``), and the verdict then draws no conclusion; the examples and New scene
+come from the selected model's scene world (``model_world``: 2 for ``scenes-v2``, else 1); the settings shown are those
 the chosen method takes (``method_settings``, from the registry); only plain data crosses the ``spaces.GPU``
 boundary (``_answer``).
 """
@@ -161,23 +162,35 @@ def guarded(fn: Any) -> Any:  # noqa: ANN401
 
 
 def model_choices() -> list[tuple[str, str]]:
-    """(label, value) pairs: the offline default first, then the real checkpoints' presets with their notes; a
-    preset that cannot load here (offline and not downloaded, hub unreachable) says so in its label, found without
+    """(label, value) pairs: the offline default first, then the other bundled scenes models (``scenes-v2``), their
+    labels saying which scene world they know, then the real checkpoints' presets with their notes; a preset that
+    cannot load here (offline and not downloaded, hub unreachable) says so in its label, found without
     waiting on the network (``resprune.loading.preset_statuses``: the local cache, then at most one bounded probe)."""
     from resprune.loading import PRESETS, preset_statuses
 
     statuses = preset_statuses(timeout=PROBE_SECONDS)
-    choices = [("scenes: offline default (small LLaVA trained on the scene world, CPU)", DEFAULT_MODEL)]
+    choices = [("scenes: offline default (small LLaVA trained on scene world 1, CPU)", DEFAULT_MODEL)]
     for name, preset in PRESETS.items():
-        # the other bundled scenes models (world 2) wait for the app's world-2 examples, scenes and world notes
-        if name == DEFAULT_MODEL or getattr(preset, "bundled", False):
+        if name == DEFAULT_MODEL:
             continue
         note = getattr(preset, "note", None) or (preset.get("note") if isinstance(preset, dict) else "")
+        world = getattr(preset, "world", None)
+        if world is not None:  # another bundled scenes model: which world it knows, first
+            note = f"the world-{world} model ({WORLD_SUMMARY.get(world, 'scene world ' + str(world))}); {note}"
         label = f"{name}: {note}" if note else name
         if not statuses[name].available:
             label = f"{label} (not available on this server)"
         choices.append((label, name))
     return choices
+
+
+def model_world(name: Any) -> int | None:  # noqa: ANN401
+    """The scene world model ``name`` was trained on (``Preset.world``: 1 for ``scenes``, 2 for ``scenes-v2``);
+    None for the real checkpoints and unknown names."""
+    from resprune.loading import PRESETS
+
+    preset = PRESETS.get(name) if isinstance(name, str) else None
+    return getattr(preset, "world", None)
 
 
 def check_available(name: str) -> Any:  # noqa: ANN401
@@ -544,27 +557,87 @@ def run_answer(
     }
 
 
-SCENE_FIT_MIN = 0.85  # share of pixels that must match the scene world's palette for an image to be "a scene"
+SCENE_FIT_MIN = 0.85  # world 1: share of pixels that must match the scene world's palette for an image to be "a scene"
+# World 2: the same share for its palette (scene_world_fit(image, 2)). Measured on the first 200 test scenes of each
+# world, the example photos, seven other photos (matplotlib's grace_hopper.jpg; gradio's cheetah, lion, groot and
+# tower images) and uniform noise:
+#   world-2 scenes min 0.984 (median 1.000); after JPEG q85 min 0.960; enlarged to 500 px min 0.980
+#   world-1 scenes min 1.000 (JPEG q85 0.971): in world 2's palette, and the world-2 model answers them (913 of 920
+#     questions right on the first 200 world-1 test scenes, 99.2 %), so they get no note
+#   photos 0.12-0.66: astronaut 0.52, chelsea 0.46, coffee 0.24, grace_hopper 0.15, cheetah 0.30 / 0.57 / 0.66,
+#     lion 0.52, groot 0.39, tower 0.12; noise 0.35
+# 0.80 leaves 0.16 below the lowest scene (JPEG) and 0.14 above the highest photo. (World 1's check on world-2
+# scenes: median 0.33, max 0.97: most get the world-1 model's note, a few plain ones do not.)
+SCENE_FIT_MIN_V2 = 0.80
+SCENE_FIT_MINS = {1: SCENE_FIT_MIN, 2: SCENE_FIT_MIN_V2}
+# What each scene world is (resprune.scenes.world), for the model list and the notes. Objects per scene: world 1's
+# _objects draws 2-5, world 2's _render_v2 2-7 (tested against rendered scenes).
+OBJECTS_PER_SCENE = {1: (2, 5), 2: (2, 7)}
+WORLD_SUMMARY = {
+    1: "flat scenes of 2-5 objects",
+    2: "textured, cluttered scenes of 2-7 objects that may overlap",
+}
+WORLD_LOOKS = {
+    1: "flat background, red/green/blue/yellow circles, squares and triangles",
+    2: "textured, unevenly lit background with small grey/brown/white/black/purple clutter; shaded "
+    "red/green/blue/yellow circles, squares and triangles that may overlap",
+}
 
 
-def scene_world_fit(image: Any) -> float:  # noqa: ANN401
-    """The share of ``image``'s pixels (at the scene world's size) that the scene world could have drawn: its
-    backgrounds (with their grey gradient), its four object colours (with their shading) or its grey clutter.
-
-    Rendered scenes score 1.0 (0.98 after JPEG); the project's example photos score 0.0-0.23."""
+def _scene_pixels(image: Any) -> Any:  # noqa: ANN401
+    """``image`` at the scene world's size as ``(H * W, 3)`` float32 RGB."""
     import numpy as np
     from PIL import Image
 
-    from resprune.scenes import world
+    from resprune.scenes import world as sw
 
-    side = world.IMAGE_SIZE
+    side = sw.IMAGE_SIZE
     a = np.asarray(image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32)
-    a = a.reshape(-1, 3)
+    return a.reshape(-1, 3)
+
+
+def _scaled_distance(a: Any, rgb: tuple[int, int, int], lo: float, hi: float) -> Any:  # noqa: ANN401
+    """Per pixel of ``a``, the distance to colour ``rgb`` times the scale in ``[lo, hi]`` that fits it best
+    (clipped to the 0-255 range, as the renderer clips a bright yellow or red)."""
+    import numpy as np
+
+    c = np.asarray(rgb, dtype=np.float32)
+    scale = np.clip(a @ c / (c @ c), lo, hi)
+    return np.linalg.norm(a - np.clip(scale[:, None] * c, 0, 255), axis=1)
+
+
+def scene_world_fit(image: Any, world: int = 1) -> float:  # noqa: ANN401
+    """The share of ``image``'s pixels (at the scene world's size) that scene world ``world`` could have drawn.
+
+    World 1: its backgrounds (with their grey gradient), its four object colours (with their shading) or its grey
+    clutter; rendered scenes score 1.0 (0.96-0.99 after JPEG q85), the project's example photos 0.0-0.23.
+
+    World 2 (``world=2``): a muted background (a base colour pulled halfway to grey, gratings, a smooth noise field
+    and a striped or checked region: chroma below 45, brightness above 90), the four object colours under shading
+    and uneven lighting (times 0.5-1.35), and the distractor clutter's five colours (under the same lighting),
+    counted up to 3 % of the image: clutter is a few small marks (at most 1.2 % of a rendered scene's pixels outside
+    the other two), while brown fur or purple cloth can fill a photo. Measured scores: ``SCENE_FIT_MIN_V2``."""
+    import numpy as np
+
+    from resprune.scenes import world as sw
+
+    if world not in SCENE_FIT_MINS:
+        raise ValueError(f"world must be one of {tuple(SCENE_FIT_MINS)}, got {world!r}")
+    a = _scene_pixels(image)
+    if world == 2:
+        grey = a.mean(1)
+        ok = (np.linalg.norm(a - grey[:, None], axis=1) < 45) & (grey > 90)  # the background
+        for rgb in sw.COLOURS.values():  # an object colour times its gain, shading and lighting
+            ok |= _scaled_distance(a, rgb, 0.5, 1.35) < 24
+        clutter = np.zeros(len(a), dtype=bool)
+        for rgb in sw.DISTRACTOR_COLOURS:
+            clutter |= _scaled_distance(a, rgb, 0.55, 1.35) < 24
+        return float(ok.mean() + min(float((clutter & ~ok).mean()), 0.03))
     ok = np.zeros(len(a), dtype=bool)
-    for bg in world.BACKGROUNDS:  # background + a grey offset (the gradient, up to about +-24) + noise
+    for bg in sw.BACKGROUNDS:  # background + a grey offset (the gradient, up to about +-24) + noise
         d = a - np.asarray(bg, dtype=np.float32)
         ok |= np.linalg.norm(d - np.clip(d.mean(1, keepdims=True), -26, 26), axis=1) < 14
-    for rgb in world.COLOURS.values():  # an object colour times its shade (0.9-1.05)
+    for rgb in sw.COLOURS.values():  # an object colour times its shade (0.9-1.05)
         c = np.asarray(rgb, dtype=np.float32)
         shade = np.clip(a @ c / (c @ c), 0.88, 1.07)
         ok |= np.linalg.norm(a - shade[:, None] * c, axis=1) < 20
@@ -573,23 +646,40 @@ def scene_world_fit(image: Any) -> float:  # noqa: ANN401
     return float(ok.mean())
 
 
+def world_vocabulary(world: int) -> str:
+    """What a model of scene world ``world`` can be asked about, in words (from ``resprune.scenes.world``)."""
+    from resprune.scenes import world as sw
+
+    def listed(words: list[str]) -> str:
+        return ", ".join(words[:-1]) + " and " + words[-1]
+
+    lo, hi = OBJECTS_PER_SCENE[world]
+    return (
+        f"scene world {world}: scenes of {lo} to {hi} objects; {listed([s + 's' for s in sw.SHAPES])}; "
+        f"{listed(list(sw.COLOURS))}; how many of one shape, {sw.NUMBERS[0]} to {sw.NUMBERS[-1]}; whether an "
+        "object is there; left/right and above/below"
+    )
+
+
 def world_notes(model_name: str, image: Any, prompt: str) -> list[str]:  # noqa: ANN401
-    """Why the offline model's answers mean nothing for this input (an image or words outside its scene world);
-    empty for other models and for inputs of its world."""
-    if model_name != DEFAULT_MODEL:
+    """Why an offline scenes model's answers mean nothing for this input (an image or words outside the scene
+    world it was trained on, ``model_world``); empty for other models and for inputs of its world."""
+    world = model_world(model_name)
+    if world not in SCENE_FIT_MINS:
         return []
     out = []
-    fit = scene_world_fit(image)
-    if fit < SCENE_FIT_MIN:
+    fit = scene_world_fit(image, world)
+    if fit < SCENE_FIT_MINS[world]:
         out.append(
-            f"This image is outside the offline model's world: only {fit:.0%} of its pixels look like a scene "
-            "(flat background, red/green/blue/yellow circles, squares and triangles)."
+            f"This image is outside the offline model's world (scene world {world}): only {fit:.0%} of its pixels "
+            f"look like that world's scenes ({WORLD_LOOKS[world]})."
         )
     return out + _vocabulary_notes(model_name, prompt)
 
 
 def _vocabulary_notes(model_name: str, prompt: str) -> list[str]:
-    if model_name != DEFAULT_MODEL:
+    world = model_world(model_name)
+    if world not in OBJECTS_PER_SCENE:
         return []
     try:
         from resprune.scenes import unknown_words
@@ -599,8 +689,9 @@ def _vocabulary_notes(model_name: str, prompt: str) -> list[str]:
     if not unknown:
         return []
     return [
-        "The offline model only knows its scene world (shapes, colours, counts, positions); it has never seen: "
+        f"The offline model only knows its scene world ({world_vocabulary(world)}); it has never seen: "
         + ", ".join(repr(w) for w in unknown[:8])
+        + "."
     ]
 
 
@@ -1083,55 +1174,89 @@ DEFAULT_INSTRUCTION = "What colour is the circle?"
 
 
 @guarded
-def on_new_scene(seed: Any = None, instruction: Any = None, expected: Any = None, replace: bool = False) -> tuple:  # noqa: ANN401
-    """Draw a fresh scene from the scene world with a suggested question: ``(image, instruction, info, expected)``.
+def on_new_scene(
+    seed: Any = None,  # noqa: ANN401
+    instruction: Any = None,  # noqa: ANN401
+    expected: Any = None,  # noqa: ANN401
+    replace: bool = False,
+    model_name: Any = None,  # noqa: ANN401
+) -> tuple:
+    """Draw a fresh scene with a suggested question: ``(image, instruction, info, expected)``.
 
-    The suggestion replaces the instruction only when asked (``replace``) or when the box holds no question of the
-    user's own: empty, the app's default, or the previous suggestion (``expected["question"]``)."""
+    The scene comes from the world of ``model_name`` (``model_world``: world 2 for ``scenes-v2``); from world 1 for
+    the default and for models of no scene world. The suggestion replaces the instruction only when asked
+    (``replace``) or when the box holds no question of the user's own: empty, the app's default, or the previous
+    suggestion (``expected["question"]``)."""
     import random
 
     from resprune import scenes
 
     s = int(_number(seed, "seed", 0, 2**31 - 1, integer=True)) if seed not in (None, 0) else None
     s = s or random.randrange(10**6, 10**7)
-    scene = scenes.sample(s)
+    world = model_world(model_name) or 1
+    scene = scenes.sample(s, world)
     q = scene.questions[0]
     typed = (instruction or "").strip() if isinstance(instruction, str) else ""
     previous = expected.get("question") if isinstance(expected, dict) else None
+    where = f"Scene #{s}" if world == 1 else f"Scene #{s} of scene world {world}"
     if replace or typed in ("", DEFAULT_INSTRUCTION, previous):
-        info = f"Scene #{s}; the expected answer is **{q.answer}** ({q.type})."
+        info = f"{where}; the expected answer is **{q.answer}** ({q.type})."
         return scene.image, q.text, info, {"question": q.text, "answer": q.answer}
     info = (
-        f"Scene #{s}. Your question was kept; this scene's suggested question is *{q.text}* (expected answer "
+        f"{where}. Your question was kept; this scene's suggested question is *{q.text}* (expected answer "
         f"**{q.answer}**): tick *New scene replaces my question* to use it."
     )
     return scene.image, instruction, info, {"question": q.text, "answer": q.answer}
 
 
-def examples() -> list[dict[str, Any]]:
-    """The gallery of ``assets/examples`` (``examples.json``): ``{"file", "question", "answer", "kind", "credit"}``
-    with ``file`` made absolute; only the entries whose image is there."""
+def examples(world: int = 1) -> list[dict[str, Any]]:
+    """The gallery of ``assets/examples`` (``examples.json``) for a model of scene world ``world``: that world's
+    scenes (an entry's ``world``, 1 where it has none), then the photos; each ``{"file", "question", "answer",
+    "kind", "credit", "world"}`` with ``file`` made absolute; only the entries whose image is there."""
     manifest = EXAMPLES_DIR / "examples.json"
     if not manifest.is_file():
         return []
     out = []
     for e in json.loads(manifest.read_text()):
         p = EXAMPLES_DIR / e["file"]
+        if e.get("kind") == "scene" and (e.get("world") or 1) != world:
+            continue
         if p.is_file():
             out.append(dict(e, file=str(p)))
     return out
+
+
+def model_examples(model_name: Any) -> list[dict[str, Any]]:  # noqa: ANN401
+    """The gallery shown with model ``model_name``: its scene world's examples (world 1's for models of none)."""
+    return examples(model_world(model_name) or 1)
 
 
 def example_caption(e: dict[str, Any]) -> str:
     return e["question"] + (f" (expected: {e['answer']})" if e.get("answer") else " (photo)")
 
 
+def gallery_label(world: int) -> str:
+    return f"Examples: world-{world} scenes and photos (click one to run it)"
+
+
 @guarded
-def on_example(index: Any) -> tuple:  # noqa: ANN401
-    """Example ``index`` of the gallery: ``(image, instruction, info, expected)``."""
+def on_model(model_name: Any) -> Any:  # noqa: ANN401
+    """A new model in the list: the examples gallery shows its scene world's scenes (and the photos)."""
+    ex = model_examples(model_name)
+    return gr.update(
+        value=[(e["file"], example_caption(e)) for e in ex],
+        label=gallery_label(model_world(model_name) or 1),
+        visible=bool(ex),
+    )
+
+
+@guarded
+def on_example(index: Any, model_name: Any = DEFAULT_MODEL) -> tuple:  # noqa: ANN401
+    """Example ``index`` of the gallery shown with ``model_name`` (``model_examples``): ``(image, instruction,
+    info, expected)``."""
     from PIL import Image
 
-    ex = examples()
+    ex = model_examples(model_name)
     i = int(_number(index, "example", 0, max(0, len(ex) - 1), integer=True)) if ex else None
     if i is None:
         raise gr.Error("There are no examples in this installation.", title="No examples")
@@ -1139,7 +1264,8 @@ def on_example(index: Any) -> tuple:  # noqa: ANN401
     with Image.open(e["file"]) as im:
         image = im.convert("RGB")
     if e.get("answer"):
-        info = f"Example: a scene of the model's world; the expected answer is **{e['answer']}**."
+        world = e.get("world") or 1
+        info = f"Example: a scene of scene world {world}; the expected answer is **{e['answer']}**."
         expected = {"question": e["question"], "answer": e["answer"]}
     else:
         info = f"Example photo: {e.get('credit') or 'a real photo'}. No ground truth."
@@ -1148,9 +1274,10 @@ def on_example(index: Any) -> tuple:  # noqa: ANN401
 
 
 @guarded
-def on_example_select(evt: gr.SelectData) -> tuple:
-    """The gallery's select event: the example clicked, and every old output cleared."""
-    return (*on_example(evt.index), *cleared_outputs(), *CLEARED_COMPARE)
+def on_example_select(model_name: Any, evt: gr.SelectData) -> tuple:  # noqa: ANN401
+    """The gallery's select event: the example clicked (of the gallery shown with ``model_name``), and every old
+    output cleared."""
+    return (*on_example(evt.index, model_name), *cleared_outputs(), *CLEARED_COMPARE)
 
 
 CLEARED_COMPARE = (None, [], None, "")  # the method grid and its table, the side-by-side image and its text
@@ -1175,14 +1302,14 @@ def on_first_screen(
     very first screen shows answers and the overlay."""
     import resprune
 
-    ex = examples()
+    ex = model_examples(model_name)
     if not ex:
         return (None, DEFAULT_INSTRUCTION, "", None, *cleared_outputs(NO_IMAGE))
     method = method or resprune.DEFAULT_METHOD
     key = (model_name, method)
     cached = _FIRST.get(key)
     if cached is None or not all(Path(f).exists() for f in cached[4 + 10] or ()):  # run files removed by the cache
-        image, question, info, expected = on_example(0)
+        image, question, info, expected = on_example(0, model_name)
         outs = on_run(
             image, question, model_name, method, DEFAULT_KEEP_PERCENT, 0, None, "auto", expected, progress=progress
         )
@@ -1345,7 +1472,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
     """
     import resprune
 
-    gallery = examples()
+    gallery = model_examples(DEFAULT_MODEL)
     with Demo(title="resprune demo", delete_cache=delete_cache) as demo:
         gr.Markdown(
             f"# {TITLE}\nPick an example, draw a scene or upload an image, ask a question, and compare the answer "
@@ -1380,7 +1507,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                 scene_info = gr.Markdown(elem_id="scene-info")
                 ex_gallery = gr.Gallery(
                     [(e["file"], example_caption(e)) for e in gallery],
-                    label="Examples (click one to run it)",
+                    label=gallery_label(model_world(DEFAULT_MODEL) or 1),
                     columns=3,
                     height="auto",
                     object_fit="cover",
@@ -1528,7 +1655,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         image.clear(on_new_image, None, new_outputs, api_name=False)
         ex_gallery.select(
             on_example_select,
-            None,
+            [model],
             [image, instruction, scene_info, expected, *run_outputs, *compare_outputs],
             api_name=False,
         ).then(on_run, inputs, run_outputs, api_name=False, concurrency_limit=1).then(
@@ -1536,6 +1663,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         )
         overlay.select(on_token_click, state, token_info, api_name=False)
         method.change(on_method, method, [settings, alpha, seed_rule, query_mode], api_name=False)
+        model.change(on_model, model, ex_gallery, api_name=False)  # the gallery shows the model's scene world
         step.change(on_step, [state, step], step_img, api_name=False, concurrency_limit=4)
         gif_btn.click(gif_file, state, gif, api_name=False)
         compare_btn.click(
@@ -1554,7 +1682,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
         )
         new_scene.click(
             on_new_scene_ui,
-            [instruction, expected, replace],
+            [instruction, expected, replace, model],
             [image, instruction, scene_info, expected, *run_outputs, *compare_outputs],
             api_name=False,
         )
@@ -1578,15 +1706,19 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
 
 
 @guarded
-def on_new_scene_ui(instruction: Any, expected: Any, replace: bool) -> tuple:  # noqa: ANN401
-    """The New scene button: a fresh scene (``on_new_scene``), the old outputs cleared."""
-    return (*on_new_scene(None, instruction, expected, replace), *cleared_outputs(), *CLEARED_COMPARE)
+def on_new_scene_ui(instruction: Any, expected: Any, replace: bool, model_name: Any = DEFAULT_MODEL) -> tuple:  # noqa: ANN401
+    """The New scene button: a fresh scene of the selected model's world (``on_new_scene``), the old outputs
+    cleared."""
+    return (*on_new_scene(None, instruction, expected, replace, model_name), *cleared_outputs(), *CLEARED_COMPARE)
 
 
 @guarded
-def on_new_scene_api() -> tuple:
-    """API endpoint ``/new_scene``: a random scene, its suggested question and the expected answer (as markdown)."""
-    return on_new_scene()[:3]
+def on_new_scene_api(model_name: Any = DEFAULT_MODEL) -> tuple:  # noqa: ANN401
+    """API endpoint ``/new_scene``: a random scene, its suggested question and the expected answer (as markdown).
+
+    The endpoint takes no input (clients call it with none), so it draws from the default model's world, world 1;
+    from Python, ``model_name`` picks the world as New scene does."""
+    return on_new_scene(model_name=model_name)[:3]
 
 
 @guarded
