@@ -234,6 +234,59 @@ def test_what_loss_asks_for_the_attended_objects_colour_and_shape():
     assert (touched[[2, 5]] > 0).all() and touched[[0, 1, 3, 4]].eq(0).all()
 
 
+def test_object_patches_mark_each_objects_one_centre_token():
+    """``object_patches``: nonzero on an object's patches, ``CENTRE`` on exactly one of them, the patch of its
+    centre (what the counting head is asked to look at)."""
+    from resprune.scenes.train import CENTRE, PATCH, object_patches
+
+    s = scenes.sample(20_000_007, world=2)
+    obj = object_patches(s.objects)
+    for i, o in enumerate(s.objects):
+        assert (obj[i] == CENTRE).sum() == 1
+        assert int(np.flatnonzero(obj[i] == CENTRE)[0]) == min(int(o.y) // PATCH, 11) * 12 + min(int(o.x) // PATCH, 11)
+    assert not obj[len(s.objects) :].any()
+
+
+def test_count_loss_is_the_cross_entropy_of_the_real_attention_with_equal_shares():
+    """The counting head's target puts 1 / (n + 1) on <s> and on each counted object's centre token (all on <s> for
+    n = 0), and ``count_loss`` is the cross-entropy of that target with head 0 of the supervised layer's attention,
+    as the model's own eager attention computes it (not a re-derivation that could drift from it)."""
+    import math
+
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from resprune.scenes.model import build_config, build_processor
+    from resprune.scenes.train import ATTN_HEADS, ATTN_LAYER, Encoder, count_loss, count_targets
+
+    cen = torch.zeros(2, 144, dtype=torch.bool)
+    cen[0, [5, 70]] = True
+    t = count_targets(cen)
+    assert t.shape == (2, 145) and torch.allclose(t[0, [0, 6, 71]], torch.tensor(1 / 3)) and t[0].sum() == 1
+    assert t[1, 0] == 1 and t[1, 1:].eq(0).all()
+
+    torch.manual_seed(0)
+    proc = build_processor()
+    cfg = build_config(proc.tokenizer, vision_width=64, vision_layers=1, text_width=64, text_layers=2)
+    cfg.text_config._attn_implementation = "eager"
+    model = LlavaForConditionalGeneration(cfg).eval()
+    enc = Encoder(proc)
+    ids = torch.tensor([enc.first_turn("How many circles are there?")] * 2)
+    am = torch.ones_like(ids)
+    x = torch.randn(*ids.shape, 64)  # the input embeddings (the layer's input is what layer 0 makes of them)
+    rows, pos = torch.tensor([0, 1]), torch.tensor([ids.shape[1] - 1] * 2)
+    lm = model.model.language_model
+    out = lm(inputs_embeds=x, attention_mask=am, output_hidden_states=True, output_attentions=True)
+    loss = count_loss(model, out.hidden_states[ATTN_LAYER], ids, am, rows, pos, cen)
+    att = out.attentions[ATTN_LAYER][:, ATTN_HEADS[0], -1]  # (2, L): head 0 at the answer position
+    img = (ids[0] == cfg.image_token_id).nonzero().squeeze(1)
+    keys = torch.cat([torch.zeros(1, dtype=torch.long), img])
+    ref = -(t * att[:, keys].log()).sum(-1).mean()
+    assert math.isclose(float(loss), float(ref), rel_tol=1e-5)
+    other = -(t * out.attentions[ATTN_LAYER][:, ATTN_HEADS[1], -1][:, keys].log()).sum(-1).mean()
+    assert not math.isclose(float(loss), float(other), rel_tol=1e-3)  # it is head 0's, not another head's
+
+
 @pytest.mark.slow
 def test_training_script_runs_and_chains_stages(tmp_path):
     """Two tiny stages: the second starts from the first (``--init``, without repeating the model's widths), its log
@@ -249,14 +302,17 @@ def test_training_script_runs_and_chains_stages(tmp_path):
     assert main(["--steps", "2", "--out", str(tmp_path / "s1"), *small, *TINY_MODEL]) == 0
     # stage 2 does not repeat the widths: its training heads take them from the checkpoint
     stage2 = ["--steps", "4", "--out", str(tmp_path / "s2"), "--init", str(tmp_path / "s1")]
-    assert main([*stage2, "--pos-weight", "10", "--where-weight", "10", "--what-weight", "1", *small]) == 0
+    more = ["--pos-weight", "10", "--where-weight", "10", "--what-weight", "1", "--count-weight", "1"]
+    assert main([*stage2, *more, *small]) == 0
     with open(tmp_path / "s2" / "train_log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(int(r["step"]), int(r["stage"])) for r in rows] == [(2, 1), (4, 2), (6, 2)]
     assert float(rows[0]["where_loss"]) == 0 and all(float(r["where_loss"]) > 0 for r in rows[1:])
     assert float(rows[0]["what_loss"]) == 0 and all(float(r["what_loss"]) > 0 for r in rows[1:])
     assert all(float(r["attn_loss"]) > 0 for r in rows)
+    assert rows[0]["count_loss"] == "" and all(float(r["count_loss"]) > 0 for r in rows[1:])
     meta = json.loads((tmp_path / "s2" / "training.json").read_text())
+    assert meta["stages"][0].get("count_weight", 0) == 0 and meta["count_weight"] == 1
     assert meta["stage"] == 2 and [s["stage"] for s in meta["stages"]] == [1, 2]
     assert [(s["pos_weight"], s["where_weight"]) for s in meta["stages"]] == [(0.0, 0.0), (10.0, 10.0)]
     assert [s["what_weight"] for s in meta["stages"]] == [0.0, 1.0]
