@@ -14,6 +14,7 @@ recall against the scene's exact object masks) and the greedy animation. Figures
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -88,6 +89,7 @@ def screenshot(out: Path = OUT) -> None:
     (400 px wide, right after Run: the answers first), from the launched app in headless Debian chromium."""
     import socket
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     import app
@@ -113,7 +115,10 @@ def screenshot(out: Path = OUT) -> None:
                 page.wait_for_function(answered)
                 if name == "app-phone.png":  # a visitor's first tap: Run, and the page shows the answers
                     page.get_by_role("button", name="Run", exact=True).click()
-                    page.wait_for_selector(".eta-bar", state="attached")  # the run started ...
+                    try:  # the run started ... (or already ended before a bar could be seen)
+                        page.wait_for_selector(".eta-bar", state="attached", timeout=10_000)
+                    except PlaywrightTimeout:
+                        pass
                     for _ in range(3):  # ... and finished: no progress bar left, also a moment later (between stages
                         page.wait_for_selector(".eta-bar", state="detached")  # of one run the bars come and go)
                         page.wait_for_timeout(1500)
@@ -129,6 +134,29 @@ def screenshot(out: Path = OUT) -> None:
                 )
                 print(f"  {name:22s} {shot.stat().st_size / 1000:6.1f} kB")
                 page.close()
+            # the world-2 model: pick it in the list, then its first example scene (the click runs it)
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(120_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function(answered)
+            page.get_by_label("Model", exact=True).click()
+            page.get_by_role("option", name=re.compile(r"^scenes-v2: ")).click()
+            page.wait_for_function("() => document.querySelector('#examples')?.innerText.includes('world-2')")
+            page.wait_for_timeout(1000)
+            page.locator("#examples img").first.click()
+            page.wait_for_function("() => document.querySelector('#scene-info')?.innerText.includes('world 2')")
+            for _ in range(3):  # the run the click started has finished (no progress bar, also a moment later)
+                page.wait_for_selector(".eta-bar", state="detached")
+                page.wait_for_timeout(1500)
+            page.wait_for_selector("#overlay img[src]", state="attached")
+            page.evaluate("window.scrollTo(0, 0)")  # the click scrolled to the gallery
+            page.wait_for_timeout(2500)
+            shot = out / "app-world2.png"
+            page.screenshot(path=str(shot))
+            im = Image.open(shot).convert("RGB")
+            im.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(shot, optimize=True)
+            print(f"  {shot.name:22s} {shot.stat().st_size / 1000:6.1f} kB")
+            page.close()
             b.close()
     finally:
         demo.close()
