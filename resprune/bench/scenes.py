@@ -287,8 +287,10 @@ def plot(summary: dict, path: str) -> None:
     fig = Figure(figsize=(10, 4), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2)
+    # one colour and one marker per method (11 registered): no two lines of the legend look alike
     colours = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#882255", "#000000", "#999999"]
-    markers = "osD^vP*Xh"
+    colours += ["#117733", "#DDCC77", "#332288"]
+    markers = "osD^vP*XhpH<"
     for i, m in enumerate(summary["methods"]):
         rs = sorted((r for r in summary["rows"] if r["method"] == m), key=lambda r: r["frac"])
         if not rs:
