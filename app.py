@@ -637,10 +637,8 @@ def scene_world_fit(image: Any, world: int = 1) -> float:  # noqa: ANN401
     for bg in sw.BACKGROUNDS:  # background + a grey offset (the gradient, up to about +-24) + noise
         d = a - np.asarray(bg, dtype=np.float32)
         ok |= np.linalg.norm(d - np.clip(d.mean(1, keepdims=True), -26, 26), axis=1) < 14
-    for rgb in sw.COLOURS.values():  # an object colour times its shade (0.9-1.05)
-        c = np.asarray(rgb, dtype=np.float32)
-        shade = np.clip(a @ c / (c @ c), 0.88, 1.07)
-        ok |= np.linalg.norm(a - shade[:, None] * c, axis=1) < 20
+    for rgb in sw.COLOURS.values():  # an object colour times its shade (0.9-1.05; never above 255 here)
+        ok |= _scaled_distance(a, rgb, 0.88, 1.07) < 20
     grey = a.mean(1)
     ok |= (a.max(1) - a.min(1) < 10) & (grey > 95) & (grey < 180)  # clutter strokes and specks
     return float(ok.mean())

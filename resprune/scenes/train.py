@@ -30,9 +30,9 @@ Recipe (what made a few-million-parameter LLaVA learn the world on two CPU cores
 - How many, read off: ``--count-weight`` (off by default) asks the first supervised head, at count questions, for
   equal shares of its attention on ``<s>`` and on the one centre token of each counted object (``count_loss``),
   instead of all its mass on the objects' tokens. A head averages what it looks at, so the latter passes on what
-  the objects are but not how many; the share it gives ``<s>``, ``1 / (n + 1)``, is the count. World 2 needs it:
-  its objects have continuous sizes and may overlap, so the number of tokens they cover does not give their number
-  (v2 without it: counts 89 %, one object 96 %, three 75 %, four 70 %).
+  the objects are but not how many; the share it gives ``<s>``, ``1 / (n + 1)``, is the count. Made for world 2,
+  whose objects have continuous sizes and may overlap (v2 without it: counts 89 %; three 75 %, four 70 %); measured
+  (docs/scenes.md): it speeds counting up early but ends level, so v2 is trained without it.
 - ``--vision-steps N`` (off by default; v1 was trained without it): a first phase in which only the vision tower,
   the projector and the dense head learn the per-patch targets, the language model waiting, as LLaVA starts from
   a vision tower already trained on images. It counts towards ``--time-budget``.
@@ -256,7 +256,7 @@ def forward(model: Any, ids: Any, am: Any, pv: Any) -> tuple[Any, Any, Any]:
     return out.last_hidden_state, feats, out.hidden_states
 
 
-def attention_loss(model: Any, x: Any, ids: Any, am: Any, rows: Any, pos: Any, rel: Any) -> Any:
+def attention_loss(model: Any, x: Any, ids: Any, am: Any, rows: Any, pos: Any, rel: Any, head_logp: Any = None) -> Any:
     """``-log`` of the attention mass that heads ``ATTN_HEADS`` of layer ``ATTN_LAYER``, at the positions ``pos``
     predicting an answer, put on the visual tokens of the question's objects.
 
@@ -264,9 +264,10 @@ def attention_loss(model: Any, x: Any, ids: Any, am: Any, rows: Any, pos: Any, r
         x: `(B, L, D)` input of the layer.
         rows, pos: `(N,)` sequence and position of each supervised query.
         rel: `(N, len(ATTN_HEADS), 144)` bool, the patches each head should look at (rows with none are skipped).
+        head_logp: ``_head_log_attention(model, x, am)`` when the caller has it (computed here otherwise).
     """
     img = (ids[0] == model.config.image_token_id).nonzero().squeeze(1)  # (144,) same prefix in every row
-    head_logp = _head_log_attention(model, x, am)
+    head_logp = head_logp or _head_log_attention(model, x, am)
     total, n = x.new_zeros(()), 0
     for j, h in enumerate(ATTN_HEADS):
         keep = rel[:, j].any(-1)
@@ -315,7 +316,7 @@ def count_targets(centres: Any) -> Any:
     return t / t.sum(-1, keepdim=True)
 
 
-def count_loss(model: Any, x: Any, ids: Any, am: Any, rows: Any, pos: Any, centres: Any) -> Any:
+def count_loss(model: Any, x: Any, ids: Any, am: Any, rows: Any, pos: Any, centres: Any, head_logp: Any = None) -> Any:
     """Cross-entropy between the attention of head ``ATTN_HEADS[0]`` of layer ``ATTN_LAYER`` at the positions
     ``pos`` predicting a count and ``count_targets(centres)``: equal shares on the first token (``<s>``) and on the
     one centre token of each counted object.
@@ -323,14 +324,16 @@ def count_loss(model: Any, x: Any, ids: Any, am: Any, rows: Any, pos: Any, centr
     Why: an attention head averages, so one whose mass lies on the counted objects' tokens passes on what they are,
     not how many: with objects of continuous size (world 2), the number of their tokens does not give their number
     either. With a share ``1 / (n + 1)`` on the first token, what the head passes on from it is ``1 / (n + 1)``: the
-    count, for the later layers to read off. Queries ``(N,)``; ``centres`` `(N, 144)` bool."""
+    count, for the later layers to read off. Queries ``(N,)``; ``centres`` `(N, 144)` bool; ``head_logp`` as in
+    ``attention_loss``."""
     import torch
 
     if not len(rows):
         return x.new_zeros(())
     img = (ids[0] == model.config.image_token_id).nonzero().squeeze(1)
     keys = torch.cat([img.new_zeros(1), img])  # the first token, then the 144 visual tokens (all before ``pos``)
-    logp = _head_log_attention(model, x, am)(ATTN_HEADS[0], rows, pos)[:, keys]  # (N, 1 + 144)
+    head_logp = head_logp or _head_log_attention(model, x, am)
+    logp = head_logp(ATTN_HEADS[0], rows, pos)[:, keys]  # (N, 1 + 144)
     return -(count_targets(centres) * logp).sum(-1).mean()
 
 
@@ -362,10 +365,12 @@ def losses(
     lm = F.cross_entropy(logits.float(), lab[:, 1:][sel])
     dense = dense_loss(aux, feats, tgt, pos_weight)
     att = wh = wt = ct = h.new_zeros(())
+    # layer ATTN_LAYER's queries and keys, once for both attention losses
+    head_logp = _head_log_attention(model, hs[ATTN_LAYER], am) if count is not None or attn is not None else None
     if count is not None:
-        ct = count_loss(model, hs[ATTN_LAYER], ids, am, *count)
+        ct = count_loss(model, hs[ATTN_LAYER], ids, am, *count, head_logp=head_logp)
     if attn is not None:
-        att = attention_loss(model, hs[ATTN_LAYER], ids, am, *attn)
+        att = attention_loss(model, hs[ATTN_LAYER], ids, am, *attn, head_logp=head_logp)
         if where:
             wh = where_loss(aux["where"], hs[ATTN_LAYER + 1], *attn)
         if what:
