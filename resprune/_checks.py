@@ -40,6 +40,17 @@ def check_tokens(tokens: object, name: str = "tokens") -> torch.Tensor:
     return tokens.detach().to(torch.float32)
 
 
+def float64(v: torch.Tensor) -> torch.Tensor:
+    """A float64 copy of ``v``, on its device. On the CPU through NumPy, which converts a `(576, 4096)` float32
+    matrix about 3x faster than ``Tensor.double()`` here (2.7 vs 9.1 ms, one thread): it is on every method's hot
+    path. The values are the same (float32 to float64 is exact)."""
+    if v.device.type == "cpu" and v.dtype in (torch.float32, torch.float16, torch.float64):
+        import numpy as np
+
+        return torch.from_numpy(v.detach().numpy().astype(np.float64))
+    return v.detach().double()
+
+
 def check_query(query: object, dim: int) -> torch.Tensor | None:
     """Validate an optional `(Q, D)` query; an empty query (Q = 0) is returned as ``None``."""
     if query is None:

@@ -47,6 +47,20 @@ MUTATIONS = [
         ["tests/test_fidelity.py::test_equals_the_float64_reference_at_llava_size"],
     ),
     (
+        "certified gram loop: energies not updated",
+        "resprune/residual.py",
+        "        score -= upd\n",
+        "        pass\n",
+        ["tests/test_fidelity.py::test_certified_gram_loop_is_the_exact_loop"],
+    ),
+    (
+        "certified gram loop: no certification",
+        "resprune/residual.py",
+        "if not (lower[first:] > 0).all() or not (lower[first:] >= upper[first:].max(axis=1)).all():",
+        "if False:",
+        ["tests/test_fidelity.py::test_certified_gram_declines_a_near_tie"],
+    ),
+    (
         "FastV: max over heads",
         "resprune/methods/fastv.py",
         "scores.softmax(-1).mean(1)[0, 0]",

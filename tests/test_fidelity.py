@@ -295,3 +295,41 @@ def test_core_energies_match_the_reference_to_float64_accuracy(case, rtol):
         tiny = energy[:upto] < 1e-8 * norm2[ref[:upto]]
         assert tiny.sum() >= 20
         np.testing.assert_allclose(e_pick.numpy()[:upto][tiny], energy[:upto][tiny], rtol=rtol)
+
+
+@pytest.mark.parametrize(("kind", "certified"), [("random", True), ("outliers", True), ("decaying", False)])
+def test_certified_gram_loop_is_the_exact_loop(kind, certified, monkeypatch):
+    """The "gram" solver first runs the plain loop and certifies it after the fact (``_certified_gram``): on
+    well-separated tokens it is taken and gives the exact loop's picks, energies and curve; where some step needs an
+    exact decision (decaying spectrum: pivots near the span) it declines and the exact loop runs."""
+    from resprune import residual as core
+
+    v = _tokens(kind, 576, 1024, seed=5)
+    w = torch.from_numpy(np.random.default_rng(3).uniform(0.05, 1.0, 576))
+    taken = []
+    real = core._certified_gram
+    monkeypatch.setattr(core, "_certified_gram", lambda *a: taken.append(real(*a) is not None) or real(*a))
+    fast = core.greedy_residual(v, 192, w, 0, solver="gram")
+    assert taken == [certified]
+    monkeypatch.setattr(core, "CERTIFIED_GRAM", False)
+    exact = core.greedy_residual(v, 192, w, 0, solver="gram")
+    assert torch.equal(fast[0], exact[0])
+    scale = float(v.double().pow(2).sum(1).max())
+    np.testing.assert_allclose(fast[1].numpy(), exact[1].numpy(), rtol=1e-12, atol=1e-13 * scale)
+    np.testing.assert_allclose(fast[2].numpy(), exact[2].numpy(), rtol=1e-12, atol=1e-13 * scale)
+    np.testing.assert_allclose(fast[3].numpy(), exact[3].numpy(), atol=1e-6)
+
+
+def test_certified_gram_declines_a_near_tie():
+    """Two orthogonal tokens whose energies differ by 1e-13 relative (below ``MARGIN``): the plain loop cannot
+    certify which comes first, so ``_certified_gram`` declines (the exact loop decides); separated by 1e-6 it
+    certifies, with the larger first."""
+    from resprune.residual import _certified_gram
+
+    for gap, ok in ((1e-13, False), (1e-6, True)):
+        v = np.zeros((4, 8))
+        v[0, 0], v[1, 1], v[2, 2], v[3, 3] = 1.0, np.sqrt(1 + gap), 0.5, 0.25
+        out = _certified_gram(v @ v.T, (v * v).sum(1), np.ones(4), 3, None)
+        assert (out is not None) == ok
+        if ok:
+            assert out[0].tolist() == [1, 0, 2]

@@ -161,13 +161,15 @@ def test_no_count_question_has_no_number_word():
 def test_training_data_of_a_world_is_its_scenes(world):
     """The first question set of every training scene is exactly ``sample(seed, world)``'s; images are its image."""
     from resprune.scenes.train import make_dataset
+    from resprune.scenes.world import SHAPES
 
-    imgs, _, objs, qsets = make_dataset("train", 6, workers=1, n_sets=2, world=world)
+    imgs, _, objs, dens, qsets = make_dataset("train", 6, workers=1, n_sets=2, world=world)
     for i, seed in enumerate(scenes.split_seeds("train", 6)):
         s = scenes.sample(seed, world=world)
         assert np.array_equal(imgs[i], np.asarray(s.image))
         assert [(q[0], q[1], q[2]) for q in qsets[i][0]] == [(q.text, q.answer, q.type) for q in s.questions]
         assert objs[i][: len(s.objects)].any(1).all() and not objs[i][len(s.objects) :].any()
+        assert np.allclose(dens[i].sum(1), [sum(o.shape == sh for o in s.objects) for sh in SHAPES])
     assert any(qsets[i][1] != qsets[i][0] for i in range(6))  # the second set re-draws the choices
 
 
@@ -245,6 +247,40 @@ def test_object_patches_mark_each_objects_one_centre_token():
         assert (obj[i] == CENTRE).sum() == 1
         assert int(np.flatnonzero(obj[i] == CENTRE)[0]) == min(int(o.y) // PATCH, 11) * 12 + min(int(o.x) // PATCH, 11)
     assert not obj[len(s.objects) :].any()
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_count_density_is_each_objects_share_of_its_visible_pixels(world):
+    """``count_density``: per shape, each object's share of its visible pixels per patch, so a shape's row sums to
+    its number of objects, even where world 2's objects overlap (an occluded object still counts once)."""
+    from resprune.scenes.train import GRID, PATCH, count_density
+    from resprune.scenes.world import SHAPES
+
+    for seed in range(20_000_000, 20_000_030):
+        s = scenes.sample(seed, world=world)
+        d = count_density(s.objects)
+        assert d.shape == (len(SHAPES), GRID * GRID) and d.dtype == np.float32 and (d >= 0).all()
+        assert np.allclose(d.sum(1), [sum(o.shape == sh for o in s.objects) for sh in SHAPES], atol=1e-5)
+        for o in s.objects:  # the patch holding most of an object holds its largest share
+            c = o.mask.reshape(GRID, PATCH, GRID, PATCH).sum((1, 3)).reshape(-1)
+            assert d[SHAPES.index(o.shape), c.argmax()] >= c.max() / c.sum() - 1e-6
+        # masks are the visible pixels: no pixel is counted for two objects
+        assert not any((a.mask & b.mask).any() for i, a in enumerate(s.objects) for b in s.objects[i + 1 :])
+
+
+def test_density_loss_is_in_units_of_objects():
+    """``density_loss``: zero for the exact density; otherwise the per-token squared errors summed over the tokens
+    plus the squared error of the counts, averaged over images and shapes (``pred`` is `(B, 144, shapes)`)."""
+    import torch
+
+    from resprune.scenes.train import density_loss
+
+    t = torch.zeros(1, 3, 144)
+    t[0, 0, [3, 4]] = 0.5  # one circle over two patches
+    assert float(density_loss(t.transpose(1, 2).clone(), t)) == 0
+    pred = t.transpose(1, 2).clone()
+    pred[0, 10, 1] = 1.0  # a square seen where there is none: per-token error 1, count error 1 for that shape
+    assert abs(float(density_loss(pred, t)) - (1 / 3 + 1 / 3)) < 1e-6
 
 
 def test_count_loss_is_the_cross_entropy_of_the_real_attention_with_equal_shares():
@@ -364,11 +400,52 @@ def test_vision_phase_trains_only_the_vision_side_first(tmp_path):
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     d = model.config.text_config.hidden_size
     aux = torch.nn.ModuleDict({"tokens": torch.nn.Linear(d, sum(N_AUX))})
-    imgs, tgt, _, _ = make_dataset("train", 4, 1, 1, 1)
+    imgs, tgt, _, _, _ = make_dataset("train", 4, 1, 1, 1)
     imgs, tgt = torch.from_numpy(imgs), torch.from_numpy(tgt.astype("int64"))
     vision_stage(model, aux, imgs, tgt, (imgs, tgt), 3, 2, 0.01, 0)
     changed = {k for k, v in model.named_parameters() if not v.equal(before[k])}
     assert changed and all("vision_tower" in k or "multi_modal_projector" in k for k in changed)
+
+
+@pytest.mark.slow
+def test_density_target_and_uniform_counting_head_reach_the_model(tmp_path):
+    """``--density-weight``: the vision phase also learns the counting density (its rows report the share of counts
+    the summed density gets right, and the tower differs from a run without it); ``--count-attention uniform``
+    gives the counting head a different target from ``centres`` (a different language model), and both are
+    recorded in training.json."""
+    import csv
+    import json
+
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from resprune.scenes.train import main
+
+    small = ["--scenes", "8", "--val-scenes", "4", "--batch", "2", "--workers", "1", "--eval-every", "2", "--world"]
+    small += ["2", *TINY_MODEL, "--threads", "1", "--lr", "0.01", "--vision-steps", "6", "--vision-batch", "4"]
+    small += ["--freeze-vision"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--steps", "2", "--out", str(tmp_path / "plain"), *small]) == 0
+        counting = ["--steps", "2", "--density-weight", "1", "--count-weight", "1"]
+        assert main([*counting, "--count-attention", "uniform", "--out", str(tmp_path / "uni"), *small]) == 0
+        assert main([*counting, "--out", str(tmp_path / "cen"), *small]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    plain, uni, cen = (
+        dict(LlavaForConditionalGeneration.from_pretrained(tmp_path / n).named_parameters())
+        for n in ("plain", "uni", "cen")
+    )
+    tower = [k for k in plain if "vision_tower" in k]
+    assert any(not plain[k].equal(uni[k]) for k in tower)  # the density target changed the vision phase
+    assert all(uni[k].equal(cen[k]) for k in tower)  # the same phase for both counting heads
+    assert any(not uni[k].equal(cen[k]) for k in uni if "language_model" in k)  # different counting targets
+    meta = json.loads((tmp_path / "uni" / "training.json").read_text())
+    assert (meta["density_weight"], meta["count_attention"], meta["count_weight"]) == (1.0, "uniform", 1.0)
+    assert all(0 <= r["val_patch_count"] <= 1 for r in meta["vision_phase"])
+    assert "val_patch_count" not in json.loads((tmp_path / "plain" / "training.json").read_text())["vision_phase"][0]
+    with open(tmp_path / "uni" / "train_log.csv", newline="") as f:
+        assert all(float(r["count_loss"]) > 0 for r in csv.DictReader(f))
 
 
 def test_freeze_vision_keeps_the_tower_of_the_vision_phase(tmp_path):

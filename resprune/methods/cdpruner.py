@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_keep, check_query, check_tokens
+from .._checks import check_keep, check_query, check_tokens, float64
 from ..registry import register, register_batch
 from ..relevance import text_relevance
 from ..residual import auto_solver
@@ -58,7 +58,7 @@ def _plan(tokens, keep, query, negate, floor) -> GreedyPlan:  # noqa: ANN001
     k = check_keep(keep, v.shape[0])
     if not (isinstance(floor, (int, float)) and 0.0 <= floor < 1.0):
         raise ValueError(f"floor must be in [0, 1), got {floor!r}")
-    v64 = v.double()
+    v64 = float64(v)
     norms = torch.linalg.vector_norm(v64, dim=1)
     norm2 = norms.pow(2)
     notes: tuple[str, ...] = ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._checks import check_keep, check_query, check_tokens
+from .._checks import check_keep, check_query, check_tokens, float64
 from ..registry import register, register_batch
 from ..types import Selection
 from ._common import finish
@@ -98,7 +98,7 @@ def _lockstep(vs: list[torch.Tensor], k: int, dev: torch.device, d: int) -> tupl
 
 def _numpy(vc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One image on the CPU: float64 distances from one SYRK, the max-min loop in NumPy."""
-    v64 = vc.double().numpy()
+    v64 = float64(vc).numpy()
     gram = v64 @ v64.T  # (N, N), one SYRK
     inv = 1.0 / np.maximum(np.sqrt(gram.diagonal()), 1e-12)  # as F.normalize
     dist = gram

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .._checks import check_keep, check_query, check_tokens
+from .._checks import check_keep, check_query, check_tokens, float64
 from ..registry import register, register_batch
 from ..relevance import mapped_relevance
 from ..residual import auto_solver
@@ -102,7 +102,7 @@ def _plan(tokens, keep, query, alpha, aggregation, mapping, floor, seed, seed_pr
         raise ValueError("seed='prior' needs seed_prior (a per-token prior such as CLS attention)")
 
     notes: list[str] = []
-    v64 = v.double()  # one float64 copy and one pass for the norms, shared by the relevance, seed and greedy core
+    v64 = float64(v)  # one float64 copy and one pass for the norms, shared by the relevance, seed and greedy core
     norms = torch.linalg.vector_norm(v64, dim=1)
     norm2 = norms.pow(2)
     rel = mapped_relevance(v64, None if q is None else q.to(v64.device), aggregation, mapping, floor, norms)
@@ -210,7 +210,7 @@ def select_relevance(
     q = check_query(query, v.shape[1])
     k = check_keep(keep, v.shape[0])
     vc = v.cpu()
-    v64 = vc.double()  # one float64 copy, shared by the relevance and the greedy core
+    v64 = float64(vc)  # one float64 copy, shared by the relevance and the greedy core
     rel = mapped_relevance(v64, None if q is None else q.cpu(), aggregation, mapping, floor)
     score = rel.double() if rel is not None else torch.linalg.vector_norm(vc, dim=1, dtype=torch.float64).pow(2)
     # stable sort: equal scores keep index order

@@ -104,6 +104,20 @@ def object_patches(objects: tuple) -> np.ndarray:
     return out.reshape(MAX_OBJECTS, -1)
 
 
+def count_density(objects: tuple) -> np.ndarray:
+    """`(len(SHAPES), GRID*GRID)` float32: per shape, each object's share of its visible pixels in each patch (a
+    counting density map, as in crowd counting): a row sums to the number of objects of that shape, so a token
+    carrying its patch's density makes a count the sum (or the mean) over tokens, however the objects' sizes vary
+    and wherever they overlap."""
+    out = np.zeros((len(SHAPES), GRID * GRID), dtype=np.float32)
+    shapes = list(SHAPES)
+    for o in objects:
+        c = o.mask.reshape(GRID, PATCH, GRID, PATCH).sum((1, 3)).reshape(-1).astype(np.float32)
+        if c.sum() > 0:
+            out[shapes.index(o.shape)] += c / c.sum()
+    return out
+
+
 def token_positions(device: Any = None) -> Any:
     """`(GRID*GRID, 2)` float: each visual token's column and row (raster order), scaled to [-1, 1]."""
     import torch
@@ -129,13 +143,22 @@ def _scene_batch(args: tuple[list[int], int, int]) -> list[tuple[np.ndarray, np.
         # set 0 is the scene's own (what ``sample(seed, world)`` returns); the others re-draw the templates' choices
         sets = [questions(objects, random.Random(question_seed(s, world, k))) for k in range(n_sets)]
         qsets = [[(q.text, q.answer, q.type, *_attention_targets(q, objects)) for q in qs] for qs in sets]
-        out.append((np.asarray(image, dtype=np.uint8), patch_targets(objects), object_patches(objects), qsets))
+        out.append(
+            (
+                np.asarray(image, dtype=np.uint8),
+                patch_targets(objects),
+                object_patches(objects),
+                count_density(objects),
+                qsets,
+            )
+        )
     return out
 
 
 def make_dataset(split: str, n_scenes: int, workers: int, n_sets: int = 1, world: int = 1) -> tuple[Any, ...]:
     """Images `(S, H, W, 3)` uint8, patch targets `(S, 3, 144)` uint8, object patches `(S, MAX_OBJECTS, 144)`
-    bool, and per scene ``n_sets`` question sets of (text, answer, type, head-0 objects, head-1 objects), from the
+    uint8 (``object_patches``), counting densities `(S, len(SHAPES), 144)` float32 (``count_density``), and per
+    scene ``n_sets`` question sets of (text, answer, type, head-0 objects, head-1 objects), from the
     scenes of world ``world``."""
     seeds = list(split_seeds(split, n_scenes))
     chunks = [(seeds[i : i + 250], n_sets, world) for i in range(0, len(seeds), 250)]
@@ -145,7 +168,7 @@ def make_dataset(split: str, n_scenes: int, workers: int, n_sets: int = 1, world
     else:
         parts = [_scene_batch(c) for c in chunks]
     rows = [r for part in parts for r in part]
-    return tuple(np.stack([r[i] for r in rows]) for i in range(3)) + ([r[3] for r in rows],)
+    return tuple(np.stack([r[i] for r in rows]) for i in range(4)) + ([r[4] for r in rows],)
 
 
 class Encoder:
@@ -226,9 +249,12 @@ def visual_tokens(model: Any, pv: Any) -> Any:
     return torch.stack(list(feats))
 
 
-def dense_loss(aux: Any, feats: Any, tgt: Any, pos_weight: float = 0.0) -> Any:
+def dense_loss(
+    aux: Any, feats: Any, tgt: Any, pos_weight: float = 0.0, dens: Any = None, density_weight: float = 0.0
+) -> Any:
     """Mean cross-entropy of ``aux["tokens"]``'s per-token classes (colour, shape, centre-shape; ``tgt`` `(B, 3,
-    144)`) plus ``pos_weight`` x the mean squared error of ``aux["pos"]``'s token position."""
+    144)`) plus ``pos_weight`` x the mean squared error of ``aux["pos"]``'s token position, plus ``density_weight``
+    x ``density_loss`` of ``aux["density"]`` against ``dens`` `(B, len(SHAPES), 144)`."""
     import torch.nn.functional as F
 
     parts = aux["tokens"](feats).float().split(N_AUX, dim=-1)
@@ -237,7 +263,17 @@ def dense_loss(aux: Any, feats: Any, tgt: Any, pos_weight: float = 0.0) -> Any:
     if pos_weight:
         pos = aux["pos"](feats).float()
         dense = dense + pos_weight * F.mse_loss(pos, token_positions(pos.device).expand_as(pos))
+    if density_weight:
+        dense = dense + density_weight * density_loss(aux["density"](feats).float(), dens)
     return dense
+
+
+def density_loss(pred: Any, dens: Any) -> Any:
+    """A counting density's error in units of objects: the squared error per token summed over the 144 tokens, plus
+    the squared error of the sums (the counts), both averaged over images and shapes. ``pred`` `(B, 144,
+    len(SHAPES))` (a head's output on the visual tokens), ``dens`` `(B, len(SHAPES), 144)` (``count_density``)."""
+    t = dens.transpose(1, 2).float()
+    return ((pred - t) ** 2).sum(1).mean() + ((pred.sum(1) - t.sum(1)) ** 2).mean()
 
 
 def forward(model: Any, ids: Any, am: Any, pv: Any) -> tuple[Any, Any, Any]:
@@ -350,20 +386,23 @@ def losses(
     where: bool = False,
     what: bool = False,
     count: tuple | None = None,
+    dens: Any = None,
+    density_weight: float = 0.0,
 ) -> tuple[Any, Any, Any, Any, Any, Any]:
     """Answer-token cross-entropy, the dense auxiliary loss (mean cross-entropy of ``aux["tokens"]``'s per-token
     classes plus ``pos_weight`` x the mean squared error of ``aux["pos"]``'s token position), the attention loss
     (``attn`` = rows, positions, relevant patches; see ``attention_loss``), if ``where`` the "where" loss
     (``where_loss``, with ``aux["where"]``), if ``what`` the "what" loss (``what_loss``, with ``aux["what"]``) and
     with ``count`` (rows, positions, centre patches of the count questions) the counting-head loss (``count_loss``);
-    zeros for the parts switched off."""
+    zeros for the parts switched off. ``dens`` and ``density_weight``: the counting density in the dense loss
+    (``dense_loss``)."""
     import torch.nn.functional as F
 
     h, feats, hs = forward(model, ids, am, pv)
     sel = lab[:, 1:] != -100
     logits = model.lm_head(h[:, :-1][sel])
     lm = F.cross_entropy(logits.float(), lab[:, 1:][sel])
-    dense = dense_loss(aux, feats, tgt, pos_weight)
+    dense = dense_loss(aux, feats, tgt, pos_weight, dens, density_weight)
     att = wh = wt = ct = h.new_zeros(())
     # layer ATTN_LAYER's queries and keys, once for both attention losses
     head_logp = _head_log_attention(model, hs[ATTN_LAYER], am) if count is not None or attn is not None else None
@@ -435,36 +474,62 @@ def what_loss(head: Any, h: Any, rows: Any, pos: Any, rel: Any, tgt: Any) -> Any
     return total / max(n, 1)
 
 
-def vision_accuracy(model: Any, aux: Any, images: Any, tgt: Any, bs: int = 128) -> dict[str, float]:
-    """The dense head's accuracy on the patches that show an object: its colour and its shape."""
+def vision_accuracy(model: Any, aux: Any, images: Any, tgt: Any, dens: Any = None, bs: int = 128) -> dict[str, float]:
+    """The dense head's accuracy on the patches that show an object: its colour and its shape; with ``dens``
+    (``count_density`` of the images) and a density head, also the share of (image, shape) counts that the rounded
+    sum of its density over the 144 tokens gets right."""
     import torch
 
     mean = torch.tensor(MEAN, device=images.device)[None, :, None, None]
     std = torch.tensor(STD, device=images.device)[None, :, None, None]
-    ok, n = [0, 0], 0
+    ok, n, counted = [0, 0], 0, [0, 0]
+    with_count = dens is not None and "density" in aux
     model.eval()
     with torch.no_grad():
         for s in range(0, len(images), bs):
-            parts = aux["tokens"](visual_tokens(model, normalise(images[s : s + bs], mean, std))).split(N_AUX, -1)
+            feats = visual_tokens(model, normalise(images[s : s + bs], mean, std))
+            parts = aux["tokens"](feats).split(N_AUX, -1)
             t = tgt[s : s + bs]
             obj = t[:, 1] > 0
             for i in range(2):
                 ok[i] += int((parts[i].argmax(-1) == t[:, i])[obj].sum())
             n += int(obj.sum())
+            if with_count:
+                got = aux["density"](feats).sum(1).round()  # (b, len(SHAPES))
+                want = dens[s : s + bs].sum(-1).round()
+                counted[0] += int((got == want).sum())
+                counted[1] += want.numel()
     model.train()
-    return {"colour": ok[0] / max(n, 1), "shape": ok[1] / max(n, 1)}
+    acc = {"colour": ok[0] / max(n, 1), "shape": ok[1] / max(n, 1)}
+    if with_count:
+        acc["count"] = counted[0] / max(counted[1], 1)
+    return acc
 
 
 def vision_stage(
-    model: Any, aux: Any, imgs: Any, tgts: Any, val: tuple[Any, Any], steps: int, batch: int, lr: float, seed: int
+    model: Any,
+    aux: Any,
+    imgs: Any,
+    tgts: Any,
+    val: tuple,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    dens: Any = None,
+    density_weight: float = 0.0,
 ) -> list[dict]:
     """The run's first phase: the vision tower, the projector and the dense head learn the per-patch targets alone
     (the language model waits), as LLaVA starts from a vision tower already trained on images. Linear warm-up,
-    cosine decay; a row of (step, loss, validation patch accuracy) every tenth of the phase."""
+    cosine decay; a row of (step, loss, validation patch accuracy) every tenth of the phase. ``val`` is (images,
+    patch targets) or (images, patch targets, densities); ``dens`` and ``density_weight`` add the counting density
+    (``dense_loss``) and need ``aux["density"]``."""
     import torch
 
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
     params += list(aux["tokens"].parameters())
+    if density_weight:
+        params += list(aux["density"].parameters())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
     warm = max(1, steps // 25)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -476,7 +541,8 @@ def vision_stage(
     rows, ema, t0 = [], None, time.time()
     for step in range(1, steps + 1):
         idx = torch.from_numpy(rng.integers(0, len(imgs), batch)).to(imgs.device)
-        loss = dense_loss(aux, visual_tokens(model, normalise(imgs[idx], mean, std)), tgts[idx])
+        feats = visual_tokens(model, normalise(imgs[idx], mean, std))
+        loss = dense_loss(aux, feats, tgts[idx], 0.0, None if dens is None else dens[idx], density_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -558,6 +624,20 @@ def main(argv: list[str] | None = None) -> int:
         "its attention to <s> and to each counted object's centre token (``count_loss``; 0: off)",
     )
     p.add_argument(
+        "--count-attention",
+        choices=("centres", "uniform"),
+        default="centres",
+        help="what the counting head (--count-weight) looks at: <s> and each counted object's centre token, or all "
+        "144 visual tokens alike (with --density-weight the mean of their counting densities is then the counts)",
+    )
+    p.add_argument(
+        "--density-weight",
+        type=float,
+        default=0.0,
+        help="weight of a counting-density target on every visual token (``count_density``: each object's share of "
+        "its pixels per patch, per shape), in the vision phase and the dense loss (0: off)",
+    )
+    p.add_argument(
         "--position-from",
         type=float,
         default=0.0,
@@ -627,8 +707,10 @@ def main(argv: list[str] | None = None) -> int:
     processor = build_processor()
     enc = Encoder(processor)
     pad_id = processor.tokenizer.pad_token_id
-    train_imgs, train_tgt, train_obj, train_q = make_dataset("train", a.scenes, a.workers, a.question_sets, a.world)
-    val_imgs, val_tgt, _, val_q = make_dataset("val", a.val_scenes, a.workers, 1, a.world)
+    train_imgs, train_tgt, train_obj, train_dens, train_q = make_dataset(
+        "train", a.scenes, a.workers, a.question_sets, a.world
+    )
+    val_imgs, val_tgt, _, val_dens, val_q = make_dataset("val", a.val_scenes, a.workers, 1, a.world)
     n_q = sum(len(s) for sets in train_q for s in sets)
     print(f"data: {len(train_imgs)} train scenes ({n_q} questions), {len(val_imgs)} val; {time.time() - t0:.0f} s")
 
@@ -653,6 +735,10 @@ def main(argv: list[str] | None = None) -> int:
     aux["pos"], aux["where"] = torch.nn.Linear(d, N_POS), torch.nn.Linear(d, 2 * N_POS)
     if a.what_weight:  # only then: runs without it draw exactly the random numbers they drew before
         aux["what"] = torch.nn.Linear(d, 2 * (len(COLOURS) + len(SHAPES)))
+    if a.density_weight:  # from zero: a random head's sum over 144 tokens would start at counts in the tens
+        aux["density"] = torch.nn.Linear(d, len(SHAPES))
+        torch.nn.init.zeros_(aux["density"].weight)
+        torch.nn.init.zeros_(aux["density"].bias)
     aux = aux.to(a.device)
     if a.init:
         for head in aux.values():
@@ -680,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(a.seed)
     imgs = torch.from_numpy(train_imgs).to(a.device)
     tgts = torch.from_numpy(train_tgt.astype(np.int64)).to(a.device)
+    dens = torch.from_numpy(train_dens).to(a.device) if a.density_weight else None
     vimgs = torch.from_numpy(val_imgs).to(a.device)
     mean = torch.tensor(MEAN, device=a.device)[None, :, None, None]
     std = torch.tensor(STD, device=a.device)[None, :, None, None]
@@ -689,7 +776,20 @@ def main(argv: list[str] | None = None) -> int:
     vision_rows = []
     if a.vision_steps:
         vtgts = torch.from_numpy(val_tgt.astype(np.int64)).to(a.device)
-        vision_rows = vision_stage(model, aux, imgs, tgts, (vimgs, vtgts), a.vision_steps, a.vision_batch, a.lr, a.seed)
+        vdens = torch.from_numpy(val_dens).to(a.device)
+        vision_rows = vision_stage(
+            model,
+            aux,
+            imgs,
+            tgts,
+            (vimgs, vtgts, vdens),
+            a.vision_steps,
+            a.vision_batch,
+            a.lr,
+            a.seed,
+            dens,
+            a.density_weight,
+        )
     if a.freeze_vision:  # no gradient reaches the tower: AdamW skips it, and the backward pass stops at the projector
         model.model.vision_tower.requires_grad_(False)
     bar = tqdm(total=total[0], desc="train", mininterval=20)
@@ -719,7 +819,10 @@ def main(argv: list[str] | None = None) -> int:
                 a_rel.append([train_obj[i][list(o)].any(0) for o in qa[3:5]])
                 if a.count_weight and qa[2] == "count":  # head 0 counts: its share of <s> and centre tokens
                     c_q.append(len(a_rows) - 1)
-                    c_cen.append((train_obj[i][list(qa[3])] == CENTRE).any(0))
+                    if a.count_attention == "uniform":  # all 144 visual tokens alike (and 1/145 on <s>)
+                        c_cen.append(np.ones(GRID * GRID, dtype=bool))
+                    else:
+                        c_cen.append((train_obj[i][list(qa[3])] == CENTRE).any(0))
                     a_rel[-1][0] = np.zeros_like(a_rel[-1][0])  # not the "look at the objects" target as well
         ids, am, lab = (torch.from_numpy(x).to(a.device) for x in pad(seqs, labs, pad_id))
         idx = torch.from_numpy(sc).to(a.device)
@@ -749,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
                 bool(where_w),
                 bool(a.what_weight),
                 count,
+                None if dens is None else dens[idx],
+                a.density_weight,
             )
         loss = lm + a.aux_weight * dense + a.attn_weight * att + where_w * where + a.what_weight * what
         loss = loss + a.count_weight * cnt
@@ -823,6 +928,8 @@ def main(argv: list[str] | None = None) -> int:
         "where_weight": a.where_weight,
         "what_weight": a.what_weight,
         "count_weight": a.count_weight,
+        "count_attention": a.count_attention,
+        "density_weight": a.density_weight,
         "pos_weight": a.pos_weight,
         "position_from": a.position_from,
         "vision_steps": a.vision_steps,
