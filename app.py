@@ -169,7 +169,8 @@ def model_choices() -> list[tuple[str, str]]:
     from resprune.loading import PRESETS, preset_statuses
 
     statuses = preset_statuses(timeout=PROBE_SECONDS)
-    choices = [("scenes: offline default (small LLaVA trained on scene world 1, CPU)", DEFAULT_MODEL)]
+    default = f"{DEFAULT_MODEL}: offline default (small LLaVA trained on scene world {default_world()}, CPU)"
+    choices = [(default, DEFAULT_MODEL)]
     for name, preset in PRESETS.items():
         if name == DEFAULT_MODEL:
             continue
@@ -191,6 +192,12 @@ def model_world(name: Any) -> int | None:  # noqa: ANN401
 
     preset = PRESETS.get(name) if isinstance(name, str) else None
     return getattr(preset, "world", None)
+
+
+def default_world() -> int:
+    """The scene world of the app's default model (``DEFAULT_MODEL``): what New scene, the gallery and the
+    ``/new_scene`` endpoint draw from when no model is named."""
+    return model_world(DEFAULT_MODEL) or 1
 
 
 def check_available(name: str) -> Any:  # noqa: ANN401
@@ -1181,17 +1188,17 @@ def on_new_scene(
 ) -> tuple:
     """Draw a fresh scene with a suggested question: ``(image, instruction, info, expected)``.
 
-    The scene comes from the world of ``model_name`` (``model_world``: world 2 for ``scenes-v2``); from world 1 for
-    the default and for models of no scene world. The suggestion replaces the instruction only when asked
-    (``replace``) or when the box holds no question of the user's own: empty, the app's default, or the previous
-    suggestion (``expected["question"]``)."""
+    The scene comes from the world of ``model_name`` (``model_world``: world 2 for ``scenes-v2``), of the default
+    model when none is named (``default_world``), and from world 1 for models of no scene world. The suggestion
+    replaces the instruction only when asked (``replace``) or when the box holds no question of the user's own:
+    empty, the app's default, or the previous suggestion (``expected["question"]``)."""
     import random
 
     from resprune import scenes
 
     s = int(_number(seed, "seed", 0, 2**31 - 1, integer=True)) if seed not in (None, 0) else None
     s = s or random.randrange(10**6, 10**7)
-    world = model_world(model_name) or 1
+    world = model_world(model_name or DEFAULT_MODEL) or 1
     scene = scenes.sample(s, world)
     q = scene.questions[0]
     typed = (instruction or "").strip() if isinstance(instruction, str) else ""
@@ -1207,10 +1214,12 @@ def on_new_scene(
     return scene.image, instruction, info, {"question": q.text, "answer": q.answer}
 
 
-def examples(world: int = 1) -> list[dict[str, Any]]:
-    """The gallery of ``assets/examples`` (``examples.json``) for a model of scene world ``world``: that world's
-    scenes (an entry's ``world``, 1 where it has none), then the photos; each ``{"file", "question", "answer",
-    "kind", "credit", "world"}`` with ``file`` made absolute; only the entries whose image is there."""
+def examples(world: int | None = None) -> list[dict[str, Any]]:
+    """The gallery of ``assets/examples`` (``examples.json``) for a model of scene world ``world`` (default: the
+    default model's, ``default_world``): that world's scenes (an entry's ``world``, 1 where it has none), then the
+    photos; each ``{"file", "question", "answer", "kind", "credit", "world"}`` with ``file`` made absolute; only the
+    entries whose image is there."""
+    world = default_world() if world is None else world
     manifest = EXAMPLES_DIR / "examples.json"
     if not manifest.is_file():
         return []
@@ -1505,7 +1514,7 @@ def build_demo(*, delete_cache: tuple[int, int] | None = DELETE_CACHE) -> gr.Blo
                 scene_info = gr.Markdown(elem_id="scene-info")
                 ex_gallery = gr.Gallery(
                     [(e["file"], example_caption(e)) for e in gallery],
-                    label=gallery_label(model_world(DEFAULT_MODEL) or 1),
+                    label=gallery_label(default_world()),
                     columns=3,
                     height="auto",
                     object_fit="cover",
@@ -1714,8 +1723,8 @@ def on_new_scene_ui(instruction: Any, expected: Any, replace: bool, model_name: 
 def on_new_scene_api(model_name: Any = DEFAULT_MODEL) -> tuple:  # noqa: ANN401
     """API endpoint ``/new_scene``: a random scene, its suggested question and the expected answer (as markdown).
 
-    The endpoint takes no input (clients call it with none), so it draws from the default model's world, world 1;
-    from Python, ``model_name`` picks the world as New scene does."""
+    The endpoint takes no input (clients call it with none), so it draws from the default model's world
+    (``default_world``); from Python, ``model_name`` picks the world as New scene does."""
     return on_new_scene(model_name=model_name)[:3]
 
 

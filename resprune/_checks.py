@@ -24,7 +24,8 @@ def check_tokens(tokens: object, name: str = "tokens") -> torch.Tensor:
         raise ValueError(f"{name} has no features: got shape {tuple(tokens.shape)}, need D >= 1")
     if not (tokens.is_floating_point()):
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {tokens.dtype}")
-    amax_in = float(tokens.detach().abs().amax())  # one pass: NaN propagates, inf stays inf
+    lo, hi = torch.aminmax(tokens.detach())  # one pass, no |x| copy: NaN propagates (to both), inf stays inf
+    amax_in = float(torch.maximum(lo.abs(), hi.abs()))
     if not math.isfinite(amax_in):
         bad = int((~torch.isfinite(tokens.detach())).any(dim=1).sum())
         raise ValueError(f"{name} contains NaN or inf values (in {bad} of {tokens.shape[0]} tokens)")

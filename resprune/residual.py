@@ -39,6 +39,7 @@ FRAGILE = 1e-8  # energies below FRAGILE * ||v_i||^2 are tracked exactly (10 x t
 PIVOT = 1e-4  # a Gram pivot below PIVOT * ||v_s||^2 would amplify rounding: the exact direction is used instead
 _BATCH = 16  # candidates evaluated exactly per round of the lazy search
 CERTIFIED_GRAM = True  # "gram": try the plain loop with after-the-fact certification first (``_certified_gram``)
+_CERTIFY_MAX = 1 << 22  # K * N up to this: the check's (K + 1, N) float64 arrays stay below 32 MiB each
 
 
 def greedy_residual(
@@ -93,7 +94,7 @@ def greedy_residual(
     pending: list[int] = []
     # the float64 estimates: a Gram matrix and Cholesky rows l_t = V u_t ("gram"), or the exact basis ("gs")
     gram = v64 @ v64.T if solver == "gram" else None  # (N, N); NumPy runs A @ A.T as one SYRK (half a GEMM)
-    if gram is not None and CERTIFIED_GRAM and keep and not spanned.any():
+    if gram is not None and CERTIFIED_GRAM and 0 < keep and keep * n <= _CERTIFY_MAX and not spanned.any():
         fast = _certified_gram(gram, norm2, w, keep, seed)
         if fast is not None:
             return fast
@@ -249,12 +250,15 @@ def _certified_gram(
     for t in range(keep):
         s = int(seed) if t == 0 and seed is not None else int(score.argmax())
         order[t] = s
-        col = gram[s] - chol[:t, s] @ chol[:t] if t else gram[s].copy()
+        col = chol[t]
+        if t:
+            np.subtract(gram[s], chol[:t, s] @ chol[:t], out=col)
+        else:
+            col[:] = gram[s]
         d = col[s]
         if not d > PIVOT * norm2[s]:  # a pivot near the span: the exact loop takes the exact direction
             return None
         col *= 1.0 / np.sqrt(d)
-        chol[t] = col
         upd = col * sw
         upd *= upd
         score -= upd

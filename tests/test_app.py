@@ -241,10 +241,15 @@ def test_new_scene_draws_from_the_selected_models_world():
         truth.questions[0].text
     )
     assert info.startswith("Scene #5 of scene world 2;") and f"**{truth.questions[0].answer}**" in info
-    for name in (None, "scenes", "llava-1.5-7b"):  # the default and models of no scene world: world 1, as before
+    for name in ("scenes", "llava-1.5-7b"):  # world 1's model and models of no scene world: world 1, as before
         image, _, info, expected = app.on_new_scene(5, model_name=name)
         assert np.array_equal(pixels(image), pixels(world.render(5, 1)[0])) and info.startswith("Scene #5;")
         assert expected["answer"] == world.sample(5, 1).questions[0].answer
+    # no model named: the default model's world
+    image, _, info, expected = app.on_new_scene(5)
+    assert np.array_equal(pixels(image), pixels(world.render(5, app.default_world())[0]))
+    assert expected["answer"] == world.sample(5, app.default_world()).questions[0].answer
+    assert app.default_world() == app.model_world(app.DEFAULT_MODEL)
     # the button: a random scene of the dropdown's model, every old output cleared
     out = app.on_new_scene_ui(app.DEFAULT_INSTRUCTION, None, False, "scenes-v2")
     seed = int(re.match(r"Scene #(\d+) of scene world 2;", out[2]).group(1))
@@ -319,7 +324,8 @@ def test_examples_follow_the_models_world():
     from resprune.scenes import world
 
     ex1, ex2 = app.examples(1), app.examples(2)
-    assert app.examples() == ex1 == app.model_examples("scenes") == app.model_examples("llava-1.5-7b")
+    assert ex1 == app.model_examples("scenes") == app.model_examples("llava-1.5-7b")
+    assert app.examples() == app.examples(app.default_world()) == app.model_examples(app.DEFAULT_MODEL)
     assert app.model_examples("scenes-v2") == ex2
     scenes2 = [e for e in ex2 if e["kind"] == "scene"]
     assert len(scenes2) >= 4 and all(e["world"] == 2 and Path(e["file"]).name.startswith("scene-w2-") for e in scenes2)
