@@ -167,10 +167,18 @@ def test_model_list_shows_the_default_then_the_world_2_model(monkeypatch):
     choices = app.model_choices()
     values = [v for _, v in choices]
     labels = {v: label for label, v in choices}
-    assert values[:2] == [app.DEFAULT_MODEL, "scenes-v2"]
+    bundled = [n for n, p in loading.PRESETS.items() if p.bundled]
+    assert values[0] == app.DEFAULT_MODEL and set(values[: len(bundled)]) == set(bundled) == {"scenes", "scenes-v2"}
     assert sorted(values) == sorted(loading.PRESETS)
-    assert labels["scenes-v2"].startswith("scenes-v2: the world-2 model (textured, cluttered scenes of 2-7 objects")
-    assert "scene world 1" in labels["scenes"] and "world-2" not in labels["scenes"]
+    assert labels[app.DEFAULT_MODEL].startswith(
+        f"{app.DEFAULT_MODEL}: offline default (small LLaVA trained on scene world {app.default_world()}"
+    )
+    other = next(n for n in bundled if n != app.DEFAULT_MODEL)
+    w = app.model_world(other)
+    assert labels[other].startswith(f"{other}: the world-{w} model ({app.WORLD_SUMMARY[w]}")
+    if other == "scenes-v2":
+        assert labels["scenes-v2"].startswith("scenes-v2: the world-2 model (textured, cluttered scenes of 2-7 objects")
+    assert "world 1" in labels["scenes"] and "world-2" not in labels["scenes"]
     assert all("world-2" not in labels[n] for n, p in loading.PRESETS.items() if not p.bundled)
     assert loading.PRESETS["scenes-v2"].bundled and loading.PRESETS["scenes-v2"].world == 2
     assert (app.model_world("scenes"), app.model_world("scenes-v2")) == (1, 2)
@@ -209,7 +217,7 @@ def test_new_scene_suggests_a_question():
 
     image, question, info, expected = app.on_new_scene(5)
     assert image.size == (192, 192) and question.endswith("?") and "expected answer" in info
-    assert expected == {"question": question, "answer": scenes.sample(5).questions[0].answer}
+    assert expected == {"question": question, "answer": scenes.sample(5, app.default_world()).questions[0].answer}
 
 
 def test_new_scene_keeps_a_typed_question_unless_asked():
