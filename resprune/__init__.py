@@ -10,7 +10,8 @@ import torch
 
 from . import methods as _methods  # noqa: F401  (registers the methods; no transformers import)
 from ._checks import keep_count
-from .registry import DEFAULT_METHOD, MethodInfo, batch_variant, get_method, list_methods, method_info, register
+from .batching import check_workers, run_batch
+from .registry import DEFAULT_METHOD, MethodInfo, get_method, list_methods, method_info, register
 from .relevance import map_relevance, text_relevance
 from .residual import residual_curve
 from .text import Keywords, extract_keywords
@@ -49,13 +50,15 @@ def select_batch(
     *,
     query: torch.Tensor | list[torch.Tensor | None] | None = None,
     lengths: torch.Tensor | list[int] | None = None,
+    workers: int | None = None,
     **hparams,
 ) -> list[Selection]:
     """Select ``keep`` tokens of each of B images: a list of ``Selection``, each equal to ``select`` on that image.
 
-    Methods with a batched variant (ResPrune, residual, CDPruner, DivPrune) run their greedy loops for all images
-    in lock-step on the tokens' device (one batched product per step, no host synchronisation inside the loop);
-    the others run image by image.
+    On an accelerator, methods with a batched variant (ResPrune, residual, CDPruner, DivPrune) run their greedy
+    loops for all images in lock-step on the tokens' device (one batched product per step, no host synchronisation
+    inside the loop); the others run image by image. On the CPU the images are shared out to ``workers`` threads,
+    one image per core at a time (``resprune.batching``).
 
     Args:
         tokens: `(B, N, D)` (padded, with ``lengths``) or a list of B `(N_b, D)` tensors.
@@ -63,6 +66,8 @@ def select_batch(
         method: a name from ``list_methods()``.
         query: None, one `(Q, D)` tensor for every image, a `(B, Q, D)` tensor, or a list of B `(Q_b, D)` / None.
         lengths: `(B,)` valid token counts for a padded `(B, N, D)` tensor (the first ``lengths[b]`` rows).
+        workers: CPU threads over the images (None: ``torch.get_num_threads()``, at most the cores; 1: one image
+            after the other, through the method's batched variant where it has one). Ignored on an accelerator.
         **hparams: the method's keyword arguments, shared by all images; the method's per-token internals (e.g.
             ``seed_prior``) as lists of B values.
 
@@ -70,6 +75,7 @@ def select_batch(
         ValueError / TypeError naming the argument (shapes, lengths, lists of the wrong size, unknown keywords).
     """
     info = method_info(method)
+    workers = check_workers(workers)
     if isinstance(tokens, torch.Tensor):
         if tokens.dim() != 3:
             raise ValueError(f"tokens must be (B, N, D) or a list of (N, D) tensors, got shape {tuple(tokens.shape)}")
@@ -107,10 +113,7 @@ def select_batch(
         for extra, value in zip(internals, values):
             if value is not None:
                 extra[name] = value
-    fn = batch_variant(method)
-    if fn is not None:
-        return fn(items, keep, queries, internals, **hparams)
-    return [info.fn(t, keep, query=q, **extra, **hparams) for t, q, extra in zip(items, queries, internals)]
+    return run_batch(method, items, keep, queries, internals, hparams, workers=workers)
 
 
 __all__ = [

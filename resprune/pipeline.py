@@ -19,6 +19,7 @@ import torch
 
 from ._checks import check_keep
 from .adapters import ADAPTERS, Adapter, ImageTokens, adapter_for
+from .batching import run_batch
 from .methods._common import split_budget
 from .registry import DEFAULT_METHOD, MethodInfo, batch_variant, method_info
 from .text import query_embeddings
@@ -260,10 +261,10 @@ def _select_batch(
     opts: dict[str, str],
     hparams: dict[str, Any],
 ) -> list[Selection] | None:
-    """All images at once through the method's batched variant (lock-step on the model's device), where every
-    image is one whole selection (no forced newlines, no per-crop split); None otherwise."""
-    fn = batch_variant(info.name)
-    if fn is None or len(images) < 2:
+    """All images at once (``batching.run_batch``: lock-step on an accelerator, one image per core on the CPU),
+    for methods with a batched variant and where every image is one whole selection (no forced newlines, no
+    per-crop split); None otherwise."""
+    if batch_variant(info.name) is None or len(images) < 2:
         return None
     items, extras = [], []
     for im in images:
@@ -275,7 +276,7 @@ def _select_batch(
         extras.append(_declared(info, im.internals, hparams))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # prune already warned about keep >= N
-        return fn(items, keep, [query if info.text_aware else None] * len(items), extras, **hparams)
+        return run_batch(info.name, items, keep, [query if info.text_aware else None] * len(items), extras, hparams)
 
 
 def _declared(

@@ -140,8 +140,9 @@ _BATCH: dict[str, Callable[..., list]] = {}
 def register_batch(name: str, fn: Callable[..., list]) -> None:
     """Register a batched variant of method ``name``: ``fn(tokens, keep, queries, internals, **hparams)`` ->
     one ``Selection`` per image, each equal to the single call (``tokens``, ``queries``, ``internals``: lists,
-    one entry per image; ``internals``: dicts of the per-image keyword arguments). ``select_batch`` uses it;
-    methods without one are run image by image."""
+    one entry per image; ``internals``: dicts of the per-image keyword arguments). ``select_batch`` and ``prune``
+    use it on accelerators and with ``workers=1`` (``batching.run_batch``); methods without one are run image by
+    image."""
     if name in _BATCH:
         raise ValueError(f"method {name!r} already has a batched variant")
     _BATCH[name] = fn

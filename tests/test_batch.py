@@ -3,6 +3,8 @@ picks (or hand the image to the exact core), and they synchronise with the host 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -38,14 +40,25 @@ def _same(a: resprune.Selection, b: resprune.Selection) -> None:
     assert a.params == b.params and a.notes == b.notes
 
 
-@pytest.fixture(params=[False, True], ids=["cpu-path", "lockstep-path"])
+@pytest.fixture(params=["cpu-path", "lockstep-path", "threads"])
 def lockstep_on_cpu(request, monkeypatch):
-    """Both ways a batch can run here: the CPU's per-image exact core, and the lock-step path an accelerator takes
-    (forced onto the CPU), which must give the same Selections."""
+    """Every way a batch can run here: the CPU's per-image exact core one image after the other, the lock-step path
+    an accelerator takes (forced onto the CPU), and the CPU's pool of threads (three, whatever the cores), which
+    must all give the same Selections."""
+    from resprune import batching
     from resprune.methods import _common
 
-    monkeypatch.setattr(_common, "LOCKSTEP_ON_CPU", request.param)
+    monkeypatch.setattr(_common, "LOCKSTEP_ON_CPU", request.param == "lockstep-path")
+    monkeypatch.setattr(batching, "default_workers", lambda: 3 if request.param == "threads" else 1)
     return request.param
+
+
+@pytest.fixture
+def one_worker(monkeypatch):
+    """A batch on the CPU runs through the method's batched variant (no pool of threads)."""
+    from resprune import batching
+
+    monkeypatch.setattr(batching, "default_workers", lambda: 1)
 
 
 @pytest.mark.parametrize("method", PRE_LLM)
@@ -172,7 +185,7 @@ def test_on_the_gpu_equals_the_cpu():
             assert np.array_equal(half.order.numpy(), c.order.cpu().numpy())
 
 
-def test_prune_runs_a_batch_through_the_batched_variant(tiny_llava, monkeypatch):
+def test_prune_runs_a_batch_through_the_batched_variant(tiny_llava, monkeypatch, one_worker):
     """Two images in one ``prune`` call: one call of the method's batched variant, selections equal to prune on
     each image alone (``test_adapters.test_batch_equals_per_sample`` checks the logits on every family)."""
     from helpers import make_image
@@ -228,7 +241,7 @@ def test_prune_on_the_gpu_equals_the_cpu(tiny_llava):
         assert torch.equal(cpu_sel.order, gpu_res.selections[0].order.cpu())
 
 
-def test_the_lockstep_path_certifies_realistic_batches(monkeypatch):
+def test_the_lockstep_path_certifies_realistic_batches(monkeypatch, one_worker):
     """Forced onto the CPU, the accelerator's path decides every image of a realistic batch itself: the exact core
     (the fallback) is never called, and the result equals the single calls."""
     from resprune.methods import _common
@@ -245,3 +258,38 @@ def test_the_lockstep_path_certifies_realistic_batches(monkeypatch):
     for g, t in zip(got, items):
         _same(g, select(t, 30, "resprune", query=q))
     assert len(calls) == len(items)  # the single calls ran the exact core
+
+
+def test_threads_share_out_the_images_and_equal_single_calls(monkeypatch):
+    """On the CPU ``workers`` threads take the images (each the single call, with one BLAS thread); ``workers=1``
+    runs them one after the other. Same Selections either way, in the images' order."""
+    import threading
+
+    from resprune import registry
+
+    info = registry.method_info("resprune")
+    threads = []
+
+    def spy(*a, **k):
+        threads.append(threading.current_thread().name)
+        return info.fn(*a, **k)
+
+    monkeypatch.setitem(registry._METHODS, "resprune", dataclasses.replace(info, fn=spy))
+    items = _ragged(b=6)
+    q = torch.randn(3, 96, generator=torch.Generator().manual_seed(7))
+    got = select_batch(items, 30, "resprune", query=q, workers=3)
+    assert len(threads) == 6 and all(t.startswith("resprune-select") for t in threads)
+    assert len(set(threads)) > 1  # more than one thread took images (3 threads, 6 images, each a few ms)
+    threads.clear()
+    seq = select_batch(items, 30, "resprune", query=q, workers=1)
+    assert threads == []  # one worker: the batched variant, no per-image calls through the pool
+    for g, s, t in zip(got, seq, items):
+        want = select(t, 30, "resprune", query=q)
+        _same(g, want)
+        _same(s, want)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_workers_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match="workers"):
+        select_batch(_ragged(b=2), 10, "divprune", workers=bad)
