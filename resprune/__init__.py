@@ -66,8 +66,9 @@ def select_batch(
         method: a name from ``list_methods()``.
         query: None, one `(Q, D)` tensor for every image, a `(B, Q, D)` tensor, or a list of B `(Q_b, D)` / None.
         lengths: `(B,)` valid token counts for a padded `(B, N, D)` tensor (the first ``lengths[b]`` rows).
-        workers: CPU threads over the images (None: ``torch.get_num_threads()``, at most the cores; 1: one image
-            after the other, through the method's batched variant where it has one). Ignored on an accelerator.
+        workers: CPU threads over the images (None: ``torch.get_num_threads()``, at most the cores, for images of
+            LLaVA size, one after the other for small ones (``batching.THREAD_MIN_WORK``); 1: one image after the
+            other, through the method's batched variant where it has one). Ignored on an accelerator.
         **hparams: the method's keyword arguments, shared by all images; the method's per-token internals (e.g.
             ``seed_prior``) as lists of B values.
 

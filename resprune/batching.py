@@ -47,16 +47,37 @@ def check_workers(workers: object) -> int | None:
     return workers
 
 
+THREAD_MIN_WORK = 1 << 25
+"""With ``workers=None`` the pool is used only when every image's Gram product, ``N^2 D`` multiply-adds, is at
+least this (about a millisecond on one core): below it, starting threads costs more than they save (the offline
+model's 144 x 192 tokens run one after the other)."""
+
+_CONTROLLER: list = []  # threadpoolctl's view of the loaded BLAS libraries, found once (a scan costs milliseconds)
+
+
 @contextlib.contextmanager
 def _one_blas_thread() -> Iterator[None]:
     """NumPy's BLAS on one thread per caller while the pool runs (the pool's threads are the parallelism)."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - a declared dependency; without it the pool still gives the same picks
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    with _CONTROLLER[0].limit(limits=1, user_api="blas"):
         yield
+
+
+def threads_for(items: Sequence[torch.Tensor], workers: int | None = None) -> int:
+    """How many threads ``run_batch`` uses for these images (1: no pool)."""
+    workers = check_workers(workers)
+    if not all(t.device.type == "cpu" for t in items):
+        return 1
+    if workers is None:
+        big = all(t.shape[0] ** 2 * t.shape[-1] >= THREAD_MIN_WORK for t in items)
+        return min(len(items), default_workers()) if big else 1
+    return min(len(items), workers)
 
 
 def run_batch(
@@ -71,9 +92,7 @@ def run_batch(
     """One ``Selection`` per image (``items[b]``, ``queries[b]``, per-image keyword arguments ``internals[b]``,
     shared ``hparams``), each equal to the single call; see the module docstring for how they run."""
     info = method_info(method)
-    workers = check_workers(workers)
-    on_cpu = all(t.device.type == "cpu" for t in items)
-    n_workers = min(len(items), default_workers() if workers is None else workers) if on_cpu else 1
+    n_workers = threads_for(items, workers)
 
     def single(b: int) -> Selection:
         return info.fn(items[b], keep, query=queries[b], **internals[b], **hparams)

@@ -50,6 +50,7 @@ def lockstep_on_cpu(request, monkeypatch):
 
     monkeypatch.setattr(_common, "LOCKSTEP_ON_CPU", request.param == "lockstep-path")
     monkeypatch.setattr(batching, "default_workers", lambda: 3 if request.param == "threads" else 1)
+    monkeypatch.setattr(batching, "THREAD_MIN_WORK", 0)  # the test images are small
     return request.param
 
 
@@ -293,3 +294,29 @@ def test_threads_share_out_the_images_and_equal_single_calls(monkeypatch):
 def test_workers_must_be_a_positive_int(bad):
     with pytest.raises(ValueError, match="workers"):
         select_batch(_ragged(b=2), 10, "divprune", workers=bad)
+
+
+def test_auto_workers_only_for_images_large_enough(monkeypatch):
+    """``workers=None``: the pool takes images whose Gram product is at least ``THREAD_MIN_WORK`` (LLaVA's
+    576 x 4096 tokens are 40x that); smaller ones run one after the other, where threads would cost more."""
+    import threading
+
+    from resprune import batching, registry
+
+    monkeypatch.setattr(batching, "default_workers", lambda: 2)
+    info = registry.method_info("uniform")
+    names = []
+    monkeypatch.setitem(
+        registry._METHODS,
+        "uniform",
+        dataclasses.replace(info, fn=lambda *a, **k: names.append(threading.current_thread().name) or info.fn(*a, **k)),
+    )
+    g = torch.Generator().manual_seed(3)
+    small = [torch.randn(64, 8191, generator=g) for _ in range(2)]  # N^2 D just below the threshold
+    large = [torch.randn(64, 8192, generator=g) for _ in range(2)]  # exactly the threshold
+    assert 64**2 * 8192 == batching.THREAD_MIN_WORK
+    select_batch(small, 8, "uniform")
+    assert names == [threading.current_thread().name] * 2
+    names.clear()
+    select_batch(large, 8, "uniform")
+    assert len(names) == 2 and all(n.startswith("resprune-select") for n in names)

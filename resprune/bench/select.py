@@ -15,6 +15,7 @@ import statistics
 import torch
 
 from .. import list_methods, method_info, select, select_batch
+from ..batching import threads_for
 from ..timing import measure
 
 
@@ -108,7 +109,18 @@ def run_batch(
                 repeats,
                 device,
             )
-            rows.append(dict(method=m, n=n, k=k, batch=batch, looped=looped, batched=batched, speedup=looped / batched))
+            rows.append(
+                dict(
+                    method=m,
+                    n=n,
+                    k=k,
+                    batch=batch,
+                    workers=threads_for(tokens),
+                    looped=looped,
+                    batched=batched,
+                    speedup=looped / batched,
+                )
+            )
     return rows
 
 
@@ -116,7 +128,7 @@ def format_batch_table(rows: list[dict]) -> str:
     r0 = rows[0]
     head = f"| method (B={r0['batch']}, N={r0['n']}, K={r0['k']}) | {r0['batch']} single calls"
     lines = [
-        head + " | one select_batch | speedup |",
+        head + f" | one select_batch ({_how(r0)}) | speedup |",
         "|---|---:|---:|---:|",
     ]
     lines += [
@@ -124,6 +136,10 @@ def format_batch_table(rows: list[dict]) -> str:
         for r in rows
     ]
     return "\n".join(lines)
+
+
+def _how(row: dict) -> str:
+    return f"{row['workers']} CPU threads" if row["workers"] > 1 else "lock-step"
 
 
 FLOOR_F32 = ("floor: Gram GEMM (float32)", "floor: K mat-vecs (float32)")
