@@ -4,6 +4,7 @@ picks (or hand the image to the exact core), and they synchronise with the host 
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -186,12 +187,17 @@ def test_on_the_gpu_equals_the_cpu():
             assert np.array_equal(half.order.numpy(), c.order.cpu().numpy())
 
 
-def test_prune_runs_a_batch_through_the_batched_variant(tiny_llava, monkeypatch, one_worker):
-    """Two images in one ``prune`` call: one call of the method's batched variant, selections equal to prune on
-    each image alone (``test_adapters.test_batch_equals_per_sample`` checks the logits on every family)."""
+@pytest.mark.parametrize("path", ["batched-variant", "threads"])
+def test_prune_runs_a_batch_through_the_batched_variant(tiny_llava, monkeypatch, path):
+    """Two images in one ``prune`` call: one call of the method's batched variant (or, on the CPU's pool of
+    threads, none: each image's single call), selections equal to prune on each image alone
+    (``test_adapters.test_batch_equals_per_sample`` checks the logits on every family)."""
     from helpers import make_image
 
-    from resprune import registry
+    from resprune import batching, registry
+
+    monkeypatch.setattr(batching, "default_workers", lambda: 1 if path == "batched-variant" else 2)
+    monkeypatch.setattr(batching, "THREAD_MIN_WORK", 0)
     from resprune.generate import chat_prompt
     from resprune.pipeline import prune
 
@@ -199,6 +205,11 @@ def test_prune_runs_a_batch_through_the_batched_variant(tiny_llava, monkeypatch,
     calls = []
     real = registry._BATCH["resprune"]
     monkeypatch.setitem(registry._BATCH, "resprune", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    info, threads = registry.method_info("resprune"), []
+    spy = dataclasses.replace(
+        info, fn=lambda *a, **k: threads.append(threading.current_thread().name) or info.fn(*a, **k)
+    )
+    monkeypatch.setitem(registry._METHODS, "resprune", spy)
     proc.tokenizer.padding_side = "left"
     imgs = [make_image(640, 480, 1), make_image(300, 420, 2)]
     texts = [chat_prompt(proc, "red circle"), chat_prompt(proc, "blue square")]
@@ -210,7 +221,9 @@ def test_prune_runs_a_batch_through_the_batched_variant(tiny_llava, monkeypatch,
         processor=proc,
         prompt="red circle",
     )
-    assert calls == [2]
+    assert calls == ([2] if path == "batched-variant" else [])
+    assert [t.startswith("resprune-select") for t in threads] == ([] if path == "batched-variant" else [True, True])
+    monkeypatch.setitem(registry._METHODS, "resprune", info)
     for i in range(2):
         one = prune(
             model,
