@@ -17,8 +17,9 @@ Each image's result is the single call's either way (tested): the images do not 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,21 +53,18 @@ THREAD_MIN_WORK = 1 << 25
 least this (about a millisecond on one core): below it, starting threads costs more than they save (the offline
 model's 144 x 192 tokens run one after the other)."""
 
-_CONTROLLER: list = []  # threadpoolctl's view of the loaded BLAS libraries, found once (a scan costs milliseconds)
+
+@functools.cache
+def _blas_controller() -> Any:  # noqa: ANN401 - threadpoolctl.ThreadpoolController, imported on first use
+    """threadpoolctl's view of the loaded BLAS libraries, found once (a scan costs milliseconds)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
+def _one_blas_thread() -> contextlib.AbstractContextManager:
     """NumPy's BLAS on one thread per caller while the pool runs (the pool's threads are the parallelism)."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - a declared dependency; without it the pool still gives the same picks
-        yield
-        return
-    if not _CONTROLLER:
-        _CONTROLLER.append(ThreadpoolController())
-    with _CONTROLLER[0].limit(limits=1, user_api="blas"):
-        yield
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def threads_for(items: Sequence[torch.Tensor], workers: int | None = None) -> int:

@@ -139,7 +139,7 @@ def format_batch_table(rows: list[dict]) -> str:
 
 
 def _how(row: dict) -> str:
-    return f"{row['workers']} CPU threads" if row["workers"] > 1 else "lock-step"
+    return f"{row['workers']} CPU threads" if row["workers"] > 1 else "the batched variant"
 
 
 FLOOR_F32 = ("floor: Gram GEMM (float32)", "floor: K mat-vecs (float32)")
